@@ -1,0 +1,1 @@
+"""AiiDA-free core: configuration, datasets, metrics and a plain Pacemaker runner (no ``aiida`` imports here)."""

@@ -1,0 +1,364 @@
+"""The one place that converts between ASE structures, safe array storage and Pacemaker's dataset.
+
+* :class:`StructureArrays`: labelled structures as flat numpy arrays; saved as ``.npz`` without pickle,
+  which is what ``TrainingSetData`` stores.
+* :func:`to_pacemaker_dataframe` / :func:`write_pacemaker_dataset`: Pacemaker's gzip-pickled DataFrame
+  (``ase_atoms``, ``energy``, ``forces``, ``energy_corrected``, optional ``w_energy``/``w_forces``); written only
+  into working directories, never stored.
+* Readers for extxyz files and ASE databases, and the validation every entry point shares.
+
+Units: energies in eV, forces in eV/Å, positions and cells in Å.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.singlepoint import SinglePointCalculator
+
+__all__ = [
+    "DatasetError",
+    "StructureArrays",
+    "fit_reference_energies",
+    "read_ase_db",
+    "read_extxyz",
+    "to_pacemaker_dataframe",
+    "write_extxyz",
+    "write_pacemaker_dataset",
+]
+
+#: Keys under which extxyz files commonly carry labels when no calculator is attached.
+ENERGY_INFO_KEYS = ("energy", "Energy", "total_energy", "REF_energy", "dft_energy")
+FORCES_ARRAY_KEYS = ("forces", "REF_forces", "dft_forces")
+#: Two atoms closer than this (Å) are treated as overlapping: such a structure is almost surely corrupt.
+MIN_INTERATOMIC_DISTANCE = 0.1
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be used for fitting; the message names the structure and the problem."""
+
+
+def _labels(atoms: Atoms, index: int) -> tuple[float, np.ndarray]:
+    """Energy (eV) and forces (eV/Å) of one structure, from its calculator or its extxyz info/arrays."""
+    energy = forces = None
+    if atoms.calc is not None:
+        try:
+            energy = atoms.calc.get_potential_energy(atoms)
+        except (PropertyNotImplementedError, RuntimeError, AttributeError):
+            energy = None
+        try:
+            forces = atoms.calc.get_forces(atoms)
+        except (PropertyNotImplementedError, RuntimeError, AttributeError):
+            forces = None
+    if energy is None:
+        energy = next((atoms.info[k] for k in ENERGY_INFO_KEYS if k in atoms.info), None)
+    if forces is None:
+        forces = next((atoms.arrays[k] for k in FORCES_ARRAY_KEYS if k in atoms.arrays), None)
+    if energy is None:
+        raise DatasetError(f"structure {index} ({atoms.get_chemical_formula()}): no energy")
+    if forces is None:
+        raise DatasetError(f"structure {index} ({atoms.get_chemical_formula()}): no forces")
+    try:
+        energy = float(energy)
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"structure {index}: energy {energy!r} is not a number") from exc
+    return energy, np.asarray(forces, dtype=float)
+
+
+def _minimum_distance(atoms: Atoms) -> float:
+    """Shortest interatomic distance (Å), periodic images included; inf for a single isolated atom."""
+    from ase.neighborlist import neighbor_list
+
+    if len(atoms) == 1 and not atoms.pbc.any():
+        return float("inf")
+    distances = neighbor_list("d", atoms, MIN_INTERATOMIC_DISTANCE)
+    return float(distances.min()) if len(distances) else float("inf")
+
+
+@dataclass(frozen=True)
+class StructureArrays:
+    """Labelled structures as flat arrays: the safe, exact storage format (``.npz``, no pickle).
+
+    Per-atom arrays are concatenated over structures; ``natoms`` gives the split.
+    """
+
+    numbers: np.ndarray  # (n_atoms_total,) atomic numbers
+    positions: np.ndarray  # (n_atoms_total, 3) Å
+    forces: np.ndarray  # (n_atoms_total, 3) eV/Å
+    natoms: np.ndarray  # (n_structures,)
+    cells: np.ndarray  # (n_structures, 3, 3) Å
+    pbc: np.ndarray  # (n_structures, 3) bool
+    energies: np.ndarray  # (n_structures,) eV
+
+    FIELDS = ("numbers", "positions", "forces", "natoms", "cells", "pbc", "energies")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def from_atoms(cls, structures: Iterable[Atoms], elements: Sequence[str] | None = None) -> StructureArrays:
+        """Collect labels from ASE structures (calculator results or extxyz info/arrays) and validate them."""
+        structures = list(structures)
+        if not structures:
+            raise DatasetError("the dataset is empty: at least one structure is required")
+        numbers, positions, forces, natoms, cells, pbc, energies = [], [], [], [], [], [], []
+        for index, atoms in enumerate(structures):
+            if not isinstance(atoms, Atoms):
+                raise DatasetError(f"structure {index}: expected ase.Atoms, got {type(atoms).__name__}")
+            if len(atoms) == 0:
+                raise DatasetError(f"structure {index}: has no atoms")
+            energy, atom_forces = _labels(atoms, index)
+            if atom_forces.shape != (len(atoms), 3):
+                raise DatasetError(
+                    f"structure {index} ({atoms.get_chemical_formula()}): forces have shape "
+                    f"{atom_forces.shape}, expected ({len(atoms)}, 3)"
+                )
+            numbers.append(atoms.numbers)
+            positions.append(atoms.positions)
+            forces.append(atom_forces)
+            natoms.append(len(atoms))
+            cells.append(np.asarray(atoms.cell))
+            pbc.append(atoms.pbc)
+            energies.append(energy)
+        arrays = cls(
+            numbers=np.concatenate(numbers).astype(np.int64),
+            positions=np.concatenate(positions).astype(float),
+            forces=np.concatenate(forces).astype(float),
+            natoms=np.asarray(natoms, dtype=np.int64),
+            cells=np.asarray(cells, dtype=float),
+            pbc=np.asarray(pbc, dtype=bool),
+            energies=np.asarray(energies, dtype=float),
+        )
+        if elements is not None:
+            arrays.check_elements(elements)
+        arrays.check_geometry()
+        return arrays
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[StructureArrays]) -> StructureArrays:
+        """Join several sets in order (e.g. the shards of a training set)."""
+        if not parts:
+            raise DatasetError("the dataset is empty: at least one structure is required")
+        return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in cls.FIELDS})
+
+    # -- checks -------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Shapes agree and every number is finite; raises :class:`DatasetError` naming the first problem."""
+        n_structures = len(self.natoms)
+        n_atoms = int(self.natoms.sum()) if n_structures else 0
+        if n_structures == 0:
+            raise DatasetError("the dataset is empty: at least one structure is required")
+        if (self.natoms <= 0).any():
+            raise DatasetError(f"structure {int(np.argmax(self.natoms <= 0))}: has no atoms")
+        expected = {
+            "numbers": (n_atoms,),
+            "positions": (n_atoms, 3),
+            "forces": (n_atoms, 3),
+            "cells": (n_structures, 3, 3),
+            "pbc": (n_structures, 3),
+            "energies": (n_structures,),
+        }
+        for name, shape in expected.items():
+            if getattr(self, name).shape != shape:
+                raise DatasetError(f"{name}: shape {getattr(self, name).shape}, expected {shape}")
+        for name, what in (("energies", "energy"), ("forces", "forces"), ("positions", "positions")):
+            finite = np.isfinite(getattr(self, name))
+            if not finite.all():
+                bad = np.argwhere(~finite)[0][0]
+                structure = bad if name == "energies" else int(np.searchsorted(self.offsets[1:], bad, "right"))
+                raise DatasetError(f"structure {structure}: {what} contain NaN or inf")
+        if not np.isfinite(self.cells).all():
+            raise DatasetError("cells contain NaN or inf")
+        if (self.numbers < 1).any() or (self.numbers > 118).any():
+            raise DatasetError(f"atomic numbers outside 1..118: {sorted(set(self.numbers.tolist()))}")
+
+    def check_elements(self, elements: Sequence[str]) -> None:
+        """Every element in the data must be one of ``elements`` (the elements of the potential)."""
+        missing = sorted(set(self.elements) - set(elements))
+        if missing:
+            raise DatasetError(f"the data contain element(s) {missing} that are not in elements {list(elements)}")
+
+    def check_geometry(self) -> None:
+        """Periodic cells must have volume and atoms must not overlap (distance < 0.1 Å)."""
+        for index, atoms in enumerate(self.to_atoms(with_labels=False)):
+            if atoms.pbc.any() and atoms.cell.rank < int(atoms.pbc.sum()):
+                raise DatasetError(f"structure {index}: periodic cell is degenerate (zero volume)")
+            if _minimum_distance(atoms) < MIN_INTERATOMIC_DISTANCE:
+                raise DatasetError(
+                    f"structure {index} ({atoms.get_chemical_formula()}): atoms overlap "
+                    f"(closer than {MIN_INTERATOMIC_DISTANCE} Å)"
+                )
+
+    # -- views --------------------------------------------------------------------------------------------
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.natoms)])
+
+    @property
+    def num_structures(self) -> int:
+        return len(self.natoms)
+
+    @property
+    def num_atoms(self) -> int:
+        return int(self.natoms.sum())
+
+    @property
+    def elements(self) -> list[str]:
+        from ase.data import chemical_symbols
+
+        return sorted({chemical_symbols[z] for z in np.unique(self.numbers)})
+
+    def composition_matrix(self, elements: Sequence[str]) -> np.ndarray:
+        """(n_structures, n_elements) counts of each element per structure."""
+        from ase.data import atomic_numbers
+
+        index = {atomic_numbers[s]: i for i, s in enumerate(elements)}
+        counts = np.zeros((self.num_structures, len(elements)))
+        structure_of_atom = np.repeat(np.arange(self.num_structures), self.natoms)
+        for z in np.unique(self.numbers):
+            mask = self.numbers == z
+            np.add.at(counts[:, index[int(z)]], structure_of_atom[mask], 1)
+        return counts
+
+    def to_atoms(self, with_labels: bool = True) -> list[Atoms]:
+        """ASE structures; with labels attached as a SinglePointCalculator (energy in eV, forces in eV/Å)."""
+        structures = []
+        offsets = self.offsets
+        for i in range(self.num_structures):
+            start, stop = offsets[i], offsets[i + 1]
+            atoms = Atoms(
+                numbers=self.numbers[start:stop],
+                positions=self.positions[start:stop],
+                cell=self.cells[i],
+                pbc=self.pbc[i],
+            )
+            if with_labels:
+                atoms.calc = SinglePointCalculator(
+                    atoms, energy=float(self.energies[i]), forces=self.forces[start:stop].copy()
+                )
+            structures.append(atoms)
+        return structures
+
+    # -- safe file format ---------------------------------------------------------------------------------
+    def save_npz(self, handle: IO[bytes] | str | os.PathLike) -> None:
+        np.savez_compressed(handle, **{name: getattr(self, name) for name in self.FIELDS})
+
+    @classmethod
+    def load_npz(cls, handle: IO[bytes] | str | os.PathLike) -> StructureArrays:
+        """Load without pickle (``allow_pickle=False``): a stored file can never execute code."""
+        with np.load(handle, allow_pickle=False) as data:
+            missing = [name for name in cls.FIELDS if name not in data.files]
+            if missing:
+                raise DatasetError(f"not a structure archive: arrays {missing} are missing")
+            return cls(**{name: data[name] for name in cls.FIELDS})
+
+
+def fit_reference_energies(arrays: StructureArrays, elements: Sequence[str]) -> dict[str, float]:
+    """Per-element reference energies (eV/atom) by least squares: energy ≈ Σ_elements count × reference.
+
+    Fitting on energy differences between compositions removes the large constant part that the ACE model would
+    otherwise have to learn. Elements without data get 0; degenerate compositions get the minimum-norm solution.
+    """
+    counts = arrays.composition_matrix(elements)
+    solution, *_ = np.linalg.lstsq(counts, arrays.energies, rcond=None)
+    return {element: float(value) for element, value in zip(elements, solution, strict=True)}
+
+
+def corrected_energies(arrays: StructureArrays, reference_energies: Mapping[str, float]) -> np.ndarray:
+    """Energies minus the per-element references (eV): what Pacemaker fits as ``energy_corrected``."""
+    elements = list(reference_energies)
+    missing = sorted(set(arrays.elements) - set(elements))
+    if missing:
+        raise DatasetError(f"reference_energies: no value for element(s) {missing}")
+    references = np.array([reference_energies[e] for e in elements])
+    return arrays.energies - arrays.composition_matrix(elements) @ references
+
+
+def to_pacemaker_dataframe(
+    arrays: StructureArrays,
+    reference_energies: Mapping[str, float],
+    energy_weights: np.ndarray | None = None,
+    force_weights: np.ndarray | None = None,
+):
+    """Pacemaker's DataFrame. Weights are optional: one per structure (energy) and one per atom (forces)."""
+    import pandas as pd
+
+    structures = arrays.to_atoms(with_labels=False)
+    offsets = arrays.offsets
+    frame = pd.DataFrame(
+        {
+            "ase_atoms": structures,
+            "energy": arrays.energies,
+            "forces": [arrays.forces[offsets[i] : offsets[i + 1]] for i in range(arrays.num_structures)],
+            "energy_corrected": corrected_energies(arrays, reference_energies),
+        }
+    )
+    if (energy_weights is None) != (force_weights is None):
+        raise DatasetError("give both energy_weights and force_weights, or neither")
+    if energy_weights is not None:
+        energy_weights = np.asarray(energy_weights, dtype=float)
+        force_weights = np.asarray(force_weights, dtype=float)
+        if energy_weights.shape != (arrays.num_structures,) or force_weights.shape != (arrays.num_atoms,):
+            raise DatasetError("weights: need one energy weight per structure and one force weight per atom")
+        if (energy_weights < 0).any() or (force_weights < 0).any() or not np.isfinite(energy_weights).all():
+            raise DatasetError("weights must be finite and non-negative")
+        frame["w_energy"] = energy_weights
+        frame["w_forces"] = [force_weights[offsets[i] : offsets[i + 1]] for i in range(arrays.num_structures)]
+    return frame
+
+
+def write_pacemaker_dataset(path: str | os.PathLike, arrays: StructureArrays, reference_energies, **weights) -> Path:
+    """Write Pacemaker's gzip-pickled DataFrame (only ever into a working directory)."""
+    path = Path(path)
+    to_pacemaker_dataframe(arrays, reference_energies, **weights).to_pickle(path, compression="gzip")
+    return path
+
+
+def read_extxyz(path: str | os.PathLike, index: str = ":") -> list[Atoms]:
+    """Read labelled structures from an (ext)xyz file, with clear errors for missing or corrupt files."""
+    from ase.io import read
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    try:
+        structures = read(path, index=index, format="extxyz")
+    except Exception as exc:
+        raise DatasetError(f"{path}: cannot be read as extxyz: {exc}") from exc
+    structures = structures if isinstance(structures, list) else [structures]
+    if not structures:
+        raise DatasetError(f"{path}: contains no structures")
+    return structures
+
+
+def write_extxyz(path: str | os.PathLike, structures: Sequence[Atoms]) -> Path:
+    from ase.io import write
+
+    path = Path(path)
+    write(path, list(structures), format="extxyz")
+    return path
+
+
+def read_ase_db(path: str | os.PathLike, selection: Any = None, **key_value_pairs: Any) -> list[Atoms]:
+    """Structures with their stored energies/forces from an ASE database (``ase.db`` selection syntax)."""
+    import ase.db
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such database file")
+    try:
+        with ase.db.connect(path) as database:
+            rows = list(database.select(selection, **key_value_pairs))
+    except Exception as exc:
+        raise DatasetError(f"{path}: cannot be read as an ASE database: {exc}") from exc
+    if not rows:
+        raise DatasetError(f"{path}: the selection {selection!r} {key_value_pairs or ''} matched no rows")
+    return [row.toatoms() for row in rows]

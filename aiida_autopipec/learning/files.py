@@ -1,0 +1,53 @@
+"""The one place that knows the names of the files Pacemaker reads and writes.
+
+Pacemaker decides most of these names itself; the job script and the parser only refer to them through here.
+"""
+
+from __future__ import annotations
+
+#: Pacemaker input written by :class:`~aiida_autopipec.learning.config_gen.PacemakerConfigGenerator`.
+INPUT_YAML = "input.yaml"
+#: Training data: gzip pickle of a pandas DataFrame (written only inside a working directory).
+TRAINING_DATA = "training_data.pckl.gzip"
+#: Held-out data passed as Pacemaker's ``data.test_filename``.
+TEST_DATA = "test_data.pckl.gzip"
+#: Initial potential for a warm start (B-basis YAML).
+INITIAL_POTENTIAL = "initial_potential.yaml"
+
+#: Pacemaker's console output, its error stream and its exit code, captured by the job script.
+STDOUT = "pacemaker.out"
+STDERR = "pacemaker.err"
+EXIT_STATUS = "pacemaker.exit_status"
+
+#: Files written by Pacemaker itself.
+LOG = "log.txt"
+OUTPUT_POTENTIAL_YAML = "output_potential.yaml"
+OUTPUT_POTENTIAL_YACE = "output_potential.yace"
+TRAIN_METRICS = "metrics.txt"
+TEST_METRICS = "test_metrics.txt"
+TRAIN_CYCLE_METRICS = "cycle_metrics.txt"
+TEST_CYCLE_METRICS = "test_cycle_metrics.txt"
+INTERIM_POTENTIAL = "interim_potential_0.yaml"
+TARGET_POTENTIAL = "target_potential.yaml"
+FITTING_DATA_INFO = "fitting_data_info.pckl.gzip"
+TRAIN_PREDICTIONS = "train_pred.pckl.gzip"
+TEST_PREDICTIONS = "test_pred.pckl.gzip"
+
+#: Output of the ``.yaml`` -> ``.yace`` conversion run on the compute side.
+YAML2YACE_LOG = "yaml2yace.out"
+
+#: Files the parser needs; prediction pickles are large and only retrieved on request.
+RETRIEVE_LIST = [
+    STDOUT,
+    STDERR,
+    EXIT_STATUS,
+    LOG,
+    OUTPUT_POTENTIAL_YAML,
+    OUTPUT_POTENTIAL_YACE,
+    TRAIN_METRICS,
+    TEST_METRICS,
+    TRAIN_CYCLE_METRICS,
+    TEST_CYCLE_METRICS,
+    INTERIM_POTENTIAL,
+    YAML2YACE_LOG,
+]

@@ -1,0 +1,65 @@
+"""Read and adjust Pacemaker's potential files (B-basis ``.yaml`` and Ctilde ``.yace``) without pyace."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+__all__ = ["PotentialFileError", "potential_info", "set_reference_energies", "yace_elements"]
+
+_YACE_E0 = re.compile(r"^E0: \[[^\]\n]*\]$", re.MULTILINE)
+_YACE_ELEMENTS = re.compile(r"^elements: \[([^\]\n]*)\]$", re.MULTILINE)
+
+
+class PotentialFileError(ValueError):
+    """A file is not a Pacemaker potential of the expected kind."""
+
+
+def potential_info(bbasis_yaml: str) -> dict[str, Any]:
+    """Elements, cutoff (Å, largest ``rcutij``) and number of basis functions of a B-basis ``.yaml``."""
+    try:
+        content = yaml.safe_load(bbasis_yaml)
+    except yaml.YAMLError as exc:
+        raise PotentialFileError(f"not valid YAML: {exc}") from exc
+    blocks = content.get("species") if isinstance(content, dict) else None
+    if not isinstance(blocks, list) or not blocks:
+        raise PotentialFileError("not a B-basis potential: no 'species' blocks")
+    elements: list[str] = []
+    cutoffs: list[float] = []
+    num_functions = 0
+    for block in blocks:
+        species = str(block.get("speciesblock", "")).split()
+        if len(species) == 1:
+            elements.append(species[0])
+        if "rcutij" in block:
+            cutoffs.append(float(block["rcutij"]))
+        num_functions += len(block.get("nbody", []))
+    if not elements or not cutoffs:
+        raise PotentialFileError("not a B-basis potential: no element blocks or no cutoff")
+    return {"elements": elements, "cutoff": max(cutoffs), "num_functions": num_functions}
+
+
+def yace_elements(yace: str) -> list[str]:
+    match = _YACE_ELEMENTS.search(yace)
+    if match is None:
+        raise PotentialFileError("not a .yace potential: no 'elements: [...]' line")
+    return [element.strip() for element in match.group(1).split(",")]
+
+
+def set_reference_energies(yace: str, reference_energies: Mapping[str, float]) -> str:
+    """Write per-element reference energies (eV/atom) into the ``E0`` line of a ``.yace``.
+
+    Pacemaker fits ``energy - Σ references`` and leaves ``E0 = 0``; with the references written back, every
+    evaluator of the ``.yace`` (pyace, LAMMPS ``pair_style pace``) returns energies on the user's scale.
+    """
+    elements = yace_elements(yace)
+    missing = [element for element in elements if element not in reference_energies]
+    if missing:
+        raise PotentialFileError(f"no reference energy for element(s) {missing}")
+    if _YACE_E0.search(yace) is None:
+        raise PotentialFileError("not a .yace potential: no 'E0: [...]' line")
+    values = ", ".join(repr(float(reference_energies[element])) for element in elements)
+    return _YACE_E0.sub(f"E0: [{values}]", yace, count=1)
