@@ -1,10 +1,10 @@
 """Universal Ziegler-Biersack-Littmark (ZBL) screened-nuclear repulsion, as LAMMPS ``pair_style zbl`` has it.
 
 Why this exists: a fitted potential is usually combined with a ZBL core
-(``pair_style hybrid/overlay ... zbl``) so that atoms cannot pass through each other at short range. To fit the machine-learned part on the
-*difference* to that core, and to check the combined model without LAMMPS, we need the very same numbers
-LAMMPS produces. Everything here therefore follows ``src/pair_zbl.cpp`` term by term: the same constants,
-the same switching polynomial and the same energy shift.
+(``pair_style hybrid/overlay ... zbl``) so that atoms cannot pass through each other at short range. To fit
+the machine-learned part on the *difference* to that core, and to check the combined model without LAMMPS,
+we need the very same numbers LAMMPS produces. Everything here therefore follows ``src/pair_zbl.cpp`` term
+by term: the same constants, the same switching polynomial and the same energy shift.
 
 Units (LAMMPS ``units metal`` = ASE units): distances in Å, energies in eV, forces and dE/dr in eV/Å,
 d²E/dr² in eV/Å², stress in eV/Å^3.
@@ -256,7 +256,7 @@ class ZBLCalculator(Calculator):
         z1_table, z2_table = np.meshgrid(species.astype(float), species.astype(float), indexing="ij")
         tables = zbl_switching_coefficients(z1_table, z2_table, cut[..., 0], cut[..., 1])
 
-        i, j, d, vec = neighbor_list("ijdD", atoms, float(cut[..., 1].max()))
+        i, j, d, vec = neighbor_list("ijdD", atoms, float(np.max(cut[..., 1], initial=0.0)))
         ki, kj = kind[i], kind[j]
         keep = d < cut[ki, kj, 1]
         i, j, d, vec, ki, kj = i[keep], j[keep], d[keep], vec[keep], ki[keep], kj[keep]

@@ -1,0 +1,205 @@
+"""``PacemakerCalculation``: fit an ACE potential with the real ``pacemaker`` on any AiiDA computer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import PurePosixPath
+from typing import Any
+
+from aiida import orm
+from aiida.common import datastructures
+from aiida.engine import CalcJob
+from pydantic import ValidationError
+
+from aiida_autopipec.config import SystemConfig
+from aiida_autopipec.data import PotentialData, TrainingSetData
+from aiida_autopipec.learning import files
+from aiida_autopipec.learning.config_gen import ConfigError, PacemakerConfigGenerator
+from aiida_autopipec.learning.dataset import DatasetError, write_pacemaker_dataset
+from aiida_autopipec.learning.pacemaker import REFERENCE_ENERGIES_JSON, post_fit_script, resolve_reference_energies
+
+__all__ = ["PacemakerCalculation", "system_config_from_inputs"]
+
+#: Keys accepted in the ``settings`` input.
+SETTINGS_KEYS = {
+    "pacemaker": "expert overrides deep-merged into Pacemaker's input.yaml (checked against its schema)",
+    "retrieve_predictions": "also retrieve Pacemaker's prediction pickles (several MB)",
+    "yaml2yace_executable": "path of pace_yaml2yace on the computer (default: next to the pacemaker executable)",
+}
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'parameters'}: {e['msg']}" for e in exc.errors())
+
+
+def system_config_from_inputs(parameters: dict, training_set: TrainingSetData, test_set=None) -> SystemConfig:
+    """The SystemConfig of a calculation: ``parameters`` (TrainingConfig fields, optional ``elements``).
+
+    Without ``elements`` the potential covers the elements present in the training (and test) data.
+    """
+    parameters = dict(parameters)
+    elements = parameters.pop("elements", None)
+    if elements is None:
+        elements = sorted(set(training_set.elements) | set(test_set.elements if test_set is not None else []))
+    return SystemConfig(elements=elements, training=parameters)
+
+
+def validate_inputs(inputs: dict, _: Any) -> str | None:
+    """Reject bad parameters, settings and data before anything is submitted."""
+    training_set = inputs.get("training_set")
+    test_set = inputs.get("test_set")
+    parameters = inputs["parameters"].get_dict() if "parameters" in inputs else {}
+    try:
+        config = system_config_from_inputs(parameters, training_set, test_set)
+    except ValidationError as exc:
+        return f"parameters: {_format_validation_error(exc)}"
+    settings = inputs["settings"].get_dict() if "settings" in inputs else {}
+    unknown = sorted(set(settings) - set(SETTINGS_KEYS))
+    if unknown:
+        return f"settings: unknown key(s) {unknown}; known: {sorted(SETTINGS_KEYS)}"
+    try:
+        PacemakerConfigGenerator(config, settings.get("pacemaker"))
+    except ConfigError as exc:
+        return f"settings.pacemaker: {exc}"
+    for label, data in (("training_set", training_set), ("test_set", test_set)):
+        if data is not None:
+            missing = sorted(set(data.elements) - set(config.elements))
+            if missing:
+                return f"{label}: contains element(s) {missing} that are not in elements {config.elements}"
+    initial = inputs.get("initial_potential")
+    if initial is not None and sorted(initial.elements) != sorted(config.elements):
+        return f"initial_potential: covers {initial.elements} but the fit needs {config.elements}"
+    return None
+
+
+class PacemakerCalculation(CalcJob):
+    """Fit an ACE potential with Pacemaker; the ``.yace`` is made on the compute side with ``pace_yaml2yace``."""
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.input("training_set", valid_type=TrainingSetData, help="Structures with energies and forces.")
+        spec.input(
+            "test_set",
+            valid_type=TrainingSetData,
+            required=False,
+            help="Held-out structures; without it Pacemaker holds out `test_size` of the training set.",
+        )
+        spec.input(
+            "parameters",
+            valid_type=orm.Dict,
+            required=False,
+            default=lambda: orm.Dict({}),
+            help="TrainingConfig fields (cutoff in Å, maxiter, kappa, ...) and optionally `elements`.",
+        )
+        spec.input(
+            "initial_potential",
+            valid_type=PotentialData,
+            required=False,
+            help="Continue from this potential (warm start: same basis, previous coefficients).",
+        )
+        spec.input(
+            "settings",
+            valid_type=orm.Dict,
+            required=False,
+            help=f"Expert settings: {', '.join(f'`{k}`: {v}' for k, v in SETTINGS_KEYS.items())}.",
+        )
+        spec.inputs.validator = validate_inputs
+        spec.inputs["metadata"]["options"]["resources"].default = {"num_machines": 1, "num_mpiprocs_per_machine": 1}
+        spec.inputs["metadata"]["options"]["parser_name"].default = "autopipec.pacemaker"
+        spec.inputs["metadata"]["options"]["withmpi"].default = False
+
+        spec.output("potential", valid_type=PotentialData, help="The fitted potential (.yace + B-basis .yaml).")
+        spec.output(
+            "metrics",
+            valid_type=orm.Dict,
+            help="Final errors: `train`/`test` RMSE and MAE of energy (eV/atom) and forces (eV/Å), `is_converged`.",
+        )
+        spec.output(
+            "learning_curve",
+            valid_type=orm.ArrayData,
+            required=False,
+            help="Loss and RMSEs per displayed iteration (train and test).",
+        )
+        spec.default_output_node = "metrics"
+
+        spec.exit_code(
+            300, "ERROR_PACEMAKER_FAILED", message="pacemaker exited with status {exit_status}: {stderr_tail}"
+        )
+        spec.exit_code(
+            301,
+            "ERROR_PACEMAKER_KILLED",
+            message="pacemaker was killed before it finished ({reason}); the interim potential was retrieved",
+        )
+        spec.exit_code(
+            302,
+            "ERROR_OUT_OF_MEMORY",
+            message="pacemaker ran out of memory (TensorFlow ResourceExhaustedError): reduce batch_size",
+        )
+        spec.exit_code(303, "ERROR_LOSS_DIVERGED", message="the loss became NaN or infinite at iteration {iteration}")
+        spec.exit_code(310, "ERROR_NO_POTENTIAL", message="pacemaker exited normally but wrote no {filename}")
+        spec.exit_code(311, "ERROR_YACE_CONVERSION", message="converting the potential to .yace failed: {log_tail}")
+        spec.exit_code(320, "ERROR_METRICS_MISSING", message="the fit metrics are missing or unreadable: {error}")
+
+    def prepare_for_submission(self, folder) -> datastructures.CalcInfo:
+        """Write the datasets (Pacemaker pickle, only here), input.yaml and the reference energies."""
+        training_set = self.inputs.training_set
+        test_set = self.inputs.get("test_set")
+        initial = self.inputs.get("initial_potential")
+        settings = self.inputs.settings.get_dict() if "settings" in self.inputs else {}
+        config = system_config_from_inputs(self.inputs.parameters.get_dict(), training_set, test_set)
+        generator = PacemakerConfigGenerator(config, settings.get("pacemaker"))
+
+        arrays = training_set.get_arrays()
+        references = resolve_reference_energies(
+            config.training, arrays, config.elements, initial.reference_energies if initial is not None else None
+        )
+        write_pacemaker_dataset(folder.get_abs_path(files.TRAINING_DATA), arrays, references)
+        if test_set is not None:
+            write_pacemaker_dataset(folder.get_abs_path(files.TEST_DATA), test_set.get_arrays(), references)
+        if initial is not None:
+            folder.create_file_from_filelike(_bytes_io(initial.get_yaml()), files.INITIAL_POTENTIAL, mode="wb")
+        try:
+            input_yaml = generator.generate(
+                files.TRAINING_DATA,
+                test_dataset_path=files.TEST_DATA if test_set is not None else None,
+                initial_potential_path=files.INITIAL_POTENTIAL if initial is not None else None,
+                num_structures=arrays.num_structures,
+                num_atoms=arrays.num_atoms,
+            )
+        except (ConfigError, DatasetError) as exc:  # should have been caught by the validator
+            raise ValueError(str(exc)) from exc
+        generator.write(folder.get_abs_path(files.INPUT_YAML), input_yaml)
+        with folder.open(REFERENCE_ENERGIES_JSON, "w") as handle:
+            json.dump(references, handle, indent=2)
+
+        codeinfo = datastructures.CodeInfo()
+        codeinfo.code_uuid = self.inputs.code.uuid
+        codeinfo.cmdline_params = [files.INPUT_YAML]
+        codeinfo.stdout_name = files.STDOUT
+        codeinfo.stderr_name = files.STDERR
+
+        calcinfo = datastructures.CalcInfo()
+        calcinfo.codes_info = [codeinfo]
+        # Right after the code line: `$?` is pacemaker's exit code; then convert on the compute side.
+        calcinfo.append_text = post_fit_script(settings.get("yaml2yace_executable") or self._yaml2yace())
+        calcinfo.retrieve_list = list(files.RETRIEVE_LIST)
+        if settings.get("retrieve_predictions"):
+            calcinfo.retrieve_list += [files.TRAIN_PREDICTIONS, files.TEST_PREDICTIONS]
+        # The pickles duplicate the stored TrainingSetData: keep them out of the provenance repository.
+        calcinfo.provenance_exclude_list = [files.TRAINING_DATA, files.TEST_DATA]
+        return calcinfo
+
+    def _yaml2yace(self) -> str:
+        """``pace_yaml2yace`` from the same installation as the ``pacemaker`` executable of the code."""
+        code = self.inputs.code
+        executable = getattr(code, "filepath_executable", None)
+        if executable is not None and PurePosixPath(str(executable)).is_absolute():
+            return str(PurePosixPath(str(executable)).parent / "pace_yaml2yace")
+        return "pace_yaml2yace"
+
+
+def _bytes_io(text: str):
+    import io
+
+    return io.BytesIO(text.encode())

@@ -1,0 +1,116 @@
+"""``PacemakerParser``: potential, metrics and learning curve from a Pacemaker run, and a distinct exit code per failure.
+
+Pacemaker writes errors to stderr only (never to log.txt) and may exit non-zero after writing a potential, so the
+exit code recorded by the job script decides success; stderr and the metrics tables tell which failure it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from aiida import orm
+from aiida.engine import ExitCode
+from aiida.parsers import Parser
+
+from aiida_autopipec.data import PotentialData
+from aiida_autopipec.learning import files
+from aiida_autopipec.learning.metrics import LogParser, MetricsError, TrainingMetrics
+from aiida_autopipec.learning.pacemaker import REFERENCE_ENERGIES_JSON
+from aiida_autopipec.learning.potential import PotentialFileError, set_reference_energies
+
+__all__ = ["PacemakerParser"]
+
+#: What TensorFlow prints when a tensor allocation fails (CPU or GPU).
+OUT_OF_MEMORY_MARKERS = ("ResourceExhaustedError", "OOM when allocating", "std::bad_alloc", "MemoryError")
+#: Exit codes of a process ended by a signal: timeout(1), SIGKILL, SIGTERM.
+KILLED_EXIT_STATUSES = {124: "timeout", 137: "SIGKILL", 143: "SIGTERM"}
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+class PacemakerParser(Parser):
+    """Turn the retrieved files of a :class:`PacemakerCalculation` into outputs."""
+
+    def parse(self, **kwargs) -> ExitCode | None:
+        with self.retrieved.base.repository.as_path() as folder:
+            return self._parse_folder(Path(folder))
+
+    def _parse_folder(self, folder: Path) -> ExitCode | None:
+        exit_codes = self.exit_codes
+        stderr = self._read(folder / files.STDERR)
+        exit_status_text = self._read(folder / files.EXIT_STATUS).strip()
+        exit_status = int(exit_status_text) if exit_status_text.lstrip("-").isdigit() else None
+
+        metrics, metrics_error = self._parse_metrics(folder)
+        if metrics is not None and metrics.learning_curve is not None:
+            self.out("learning_curve", self._learning_curve(metrics))
+
+        if any(marker in stderr for marker in OUT_OF_MEMORY_MARKERS):
+            return exit_codes.ERROR_OUT_OF_MEMORY
+        if metrics is not None and metrics.diverged:
+            return exit_codes.ERROR_LOSS_DIVERGED.format(iteration=self._first_nan_iteration(metrics))
+        scheduler_status = self.node.exit_status
+        if scheduler_status == exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME.status:
+            return exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME
+        if exit_status is None or exit_status in KILLED_EXIT_STATUSES:
+            reason = KILLED_EXIT_STATUSES.get(exit_status, "no exit status recorded: the job ended before it did")
+            return exit_codes.ERROR_PACEMAKER_KILLED.format(reason=reason)
+        if exit_status != 0:
+            return exit_codes.ERROR_PACEMAKER_FAILED.format(
+                exit_status=exit_status, stderr_tail=_tail(stderr) or "(stderr empty)"
+            )
+        if not (folder / files.OUTPUT_POTENTIAL_YAML).is_file():
+            return exit_codes.ERROR_NO_POTENTIAL.format(filename=files.OUTPUT_POTENTIAL_YAML)
+        if not (folder / files.OUTPUT_POTENTIAL_YACE).is_file():
+            return exit_codes.ERROR_YACE_CONVERSION.format(
+                log_tail=_tail(self._read(folder / files.YAML2YACE_LOG)) or "(no output)"
+            )
+        try:
+            self.out("potential", self._potential(folder))
+        except PotentialFileError as exc:
+            return exit_codes.ERROR_YACE_CONVERSION.format(log_tail=str(exc))
+        if metrics is None:
+            return exit_codes.ERROR_METRICS_MISSING.format(error=metrics_error)
+        self.out("metrics", orm.Dict(metrics.summary()))
+        return None
+
+    @staticmethod
+    def _read(path: Path) -> str:
+        return path.read_text(errors="replace") if path.is_file() else ""
+
+    def _parse_metrics(self, folder: Path) -> tuple[TrainingMetrics | None, str]:
+        parameters = self.node.inputs.parameters.get_dict() if "parameters" in self.node.inputs else {}
+        log_parser = LogParser(
+            parameters.get("rmse_forces_threshold", 0.05), parameters.get("rmse_energy_threshold")
+        )
+        try:
+            return log_parser.parse(folder), ""
+        except (MetricsError, OSError, ValueError) as exc:
+            return None, str(exc)
+
+    def _potential(self, folder: Path) -> PotentialData:
+        references = json.loads(self.node.base.repository.get_object_content(REFERENCE_ENERGIES_JSON))
+        yace = set_reference_energies((folder / files.OUTPUT_POTENTIAL_YACE).read_text(), references)
+        return PotentialData(yace=yace, yaml=(folder / files.OUTPUT_POTENTIAL_YAML).read_text(), reference_energies=references)
+
+    @staticmethod
+    def _learning_curve(metrics: TrainingMetrics) -> orm.ArrayData:
+        curve = orm.ArrayData()
+        for name, values in metrics.learning_curve.model_dump().items():
+            if values:
+                curve.set_array(name, np.asarray(values, dtype=float))
+        curve.base.attributes.set("units", {"loss": "dimensionless", "rmse_energy": "eV/atom", "rmse_forces": "eV/Å"})
+        return curve
+
+    @staticmethod
+    def _first_nan_iteration(metrics: TrainingMetrics) -> int:
+        curve = metrics.learning_curve
+        for iteration, loss in zip(curve.iteration, curve.loss, strict=True):
+            if not math.isfinite(loss):
+                return iteration
+        return metrics.iterations

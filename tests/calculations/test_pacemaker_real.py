@@ -1,0 +1,70 @@
+"""End to end: the real ``pacemaker`` through AiiDA (``run_get_node``) on EMT data made here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from aiida import orm
+from aiida.engine import run_get_node
+
+from aiida_autopipec.calculations.pacemaker import PacemakerCalculation
+from aiida_autopipec.data import PotentialData, TrainingSetData
+from tests.conftest import FAST_PARAMETERS
+
+pytestmark = pytest.mark.pacemaker
+
+
+@pytest.fixture(scope="module")
+def trained(pacemaker_code, emt_structures, emt_test_structures):
+    """One real fit with an explicit held-out test set."""
+    training_set = TrainingSetData.from_ase(emt_structures)
+    test_set = TrainingSetData.from_ase(emt_test_structures)
+    results, node = run_get_node(
+        PacemakerCalculation,
+        code=pacemaker_code,
+        training_set=training_set,
+        test_set=test_set,
+        parameters=orm.Dict(FAST_PARAMETERS),
+    )
+    return results, node, test_set
+
+
+def _rmse(calculator, structures):
+    energy_errors, force_errors = [], []
+    for reference in structures:
+        atoms = reference.copy()
+        atoms.calc = calculator
+        energy_errors.append((atoms.get_potential_energy() - reference.get_potential_energy()) / len(atoms))
+        force_errors.append((atoms.get_forces() - reference.get_forces()).ravel())
+    return np.sqrt(np.mean(np.square(energy_errors))), np.sqrt(np.mean(np.square(np.concatenate(force_errors))))
+
+
+def test_fit_through_aiida_predicts_what_it_reports(trained):
+    results, node, test_set = trained
+    assert node.is_finished_ok, node.exit_message
+    potential = results["potential"]
+    assert isinstance(potential, PotentialData)
+    assert potential.elements == ["Al", "Cu"]
+    assert potential.cutoff == pytest.approx(4.5)
+    metrics = results["metrics"].get_dict()
+    assert set(metrics["train"]) >= {"rmse_energy", "rmse_forces", "mae_energy", "mae_forces"}
+    assert metrics["iterations"] == 15
+
+    # The delivered .yace (with reference energies in E0) reproduces the reported test errors on absolute energies.
+    rmse_energy, rmse_forces = _rmse(potential.get_calculator(), test_set.to_ase())
+    assert rmse_energy == pytest.approx(metrics["test"]["rmse_energy"], rel=0.02)
+    assert rmse_forces == pytest.approx(metrics["test"]["rmse_forces"], rel=0.02)
+
+
+def test_provenance_links(trained):
+    results, node, test_set = trained
+    incoming = {link.link_label for link in node.base.links.get_incoming().all()}
+    assert {"code", "training_set", "test_set", "parameters"} <= incoming
+    outgoing = {link.link_label for link in node.base.links.get_outgoing().all()}
+    assert {"potential", "metrics", "learning_curve", "retrieved", "remote_folder"} <= outgoing
+    # input.yaml is kept in the node's repository; the Pacemaker pickle is not (TrainingSetData holds the data).
+    stored = node.base.repository.list_object_names()
+    assert "input.yaml" in stored and "training_data.pckl.gzip" not in stored
+    curve = results["learning_curve"]
+    assert curve.get_array("iteration")[-1] == 15
+    assert np.isfinite(curve.get_array("loss")).all()

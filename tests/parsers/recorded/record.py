@@ -1,0 +1,342 @@
+#!/usr/bin/env python
+"""Record REAL Pacemaker runs whose small output files serve as parser-test fixtures.
+
+Usage (from the repository root)::
+
+    python tests/parsers/recorded/record.py            # all cases
+    python tests/parsers/recorded/record.py success nan_loss
+
+For each case a temporary working directory is created, ``input.yaml`` and a
+small Al-Cu training set (computed with ASE's EMT calculator, fixed seeds) are
+written, the same job script that the CalcJob runs is executed with bash
+(some cases wrap or interrupt it, see ``CASES``) and only the small files a
+parser needs are copied to ``tests/parsers/recorded/<case>/`` together with a
+``NOTES.md`` describing the run.
+
+Nothing in the fixtures is invented: every file is what Pacemaker wrote.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+HERE = Path(__file__).resolve().parent
+
+#: The job script of the CalcJob, verbatim.
+JOB_SCRIPT = """\
+pacemaker input.yaml > pacemaker.out 2> pacemaker.err
+echo $? > pacemaker.exit_status
+if [ -f output_potential.yaml ]; then pace_yaml2yace -o output_potential.yace output_potential.yaml > yaml2yace.out 2>&1; fi
+"""
+
+#: Files kept from a working directory (if produced).
+KEEP = [
+    "input.yaml",
+    "pacemaker.out",
+    "pacemaker.err",
+    "pacemaker.exit_status",
+    "log.txt",
+    "metrics.txt",
+    "test_metrics.txt",
+    "cycle_metrics.txt",
+    "test_cycle_metrics.txt",
+    "output_potential.yaml",
+    "output_potential.yace",
+    "interim_potential_0.yaml",
+    "yaml2yace.out",
+]
+
+ERR_MAX_BYTES = 60 * 1024
+ERR_HEAD, ERR_TAIL = 100, 200
+
+BASE_INPUT = {
+    "seed": 42,
+    "potential": {
+        "deltaSplineBins": 0.001,
+        "elements": ["Al", "Cu"],
+        "embeddings": {
+            "ALL": {"npot": "FinnisSinclairShiftedScaled", "fs_parameters": [1, 1, 1, 0.5], "ndensity": 2}
+        },
+        "bonds": {
+            "ALL": {
+                "radbase": "SBessel",
+                "radparameters": [5.25],
+                "rcut": 4.5,
+                "dcut": 0.01,
+                "NameOfCutoffFunction": "cos",
+            }
+        },
+        "functions": {
+            "number_of_functions_per_element": 10,
+            "ALL": {"nradmax_by_orders": [15, 3, 2, 1], "lmax_by_orders": [0, 2, 2, 1]},
+        },
+    },
+    "data": {"filename": "training_data.pckl.gzip", "test_size": 0.2},
+    "fit": {"loss": {"kappa": 0.3, "L1_coeffs": 1e-8, "L2_coeffs": 1e-8}, "optimizer": "BFGS", "maxiter": 20},
+    "backend": {"evaluator": "tensorpot", "batch_size": 100, "display_step": 5},
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------------------------
+def make_dataset(
+    n_structures: int = 20,
+    repeat: int = 1,
+    n_cu: int = 2,
+    seed: int = 1234,
+    extra_element: str | None = None,
+    scale_forces_index: int | None = None,
+    scale_forces_value: float | None = None,
+    overlap_index: int | None = None,
+) -> pd.DataFrame:
+    """Small Al-Cu EMT dataset.
+
+    fcc Al cubic cell (4 atoms) repeated ``2*repeat`` times along each axis (``repeat=1``: 32 atoms),
+    ``n_cu`` (times ``repeat**3``) random atoms swapped to Cu, isotropic strain uniformly in [-3 %, +3 %],
+    rattled with stdev 0.05 A. ``energy_corrected = energy - n_atoms * mean(energy per atom)``.
+    """
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_structures):
+        atoms = bulk("Al", "fcc", a=4.05, cubic=True).repeat((2 * repeat, 2 * repeat, 2 * repeat))
+        idx = rng.choice(len(atoms), size=n_cu * repeat**3, replace=False)
+        symbols = atoms.get_chemical_symbols()
+        for j in idx:
+            symbols[j] = "Cu"
+        if extra_element is not None and i == 0:
+            symbols[0] = extra_element  # EMT knows Ni, Ag, Au, Pd, Pt, H, C, N, O
+        atoms.set_chemical_symbols(symbols)
+        strain = rng.uniform(-0.03, 0.03)
+        atoms.set_cell(atoms.cell * (1 + strain), scale_atoms=True)
+        atoms.rattle(stdev=0.05, seed=int(rng.integers(1 << 31)))
+        atoms.calc = EMT()
+        energy = float(atoms.get_potential_energy())
+        forces = np.array(atoms.get_forces())
+        atoms.calc = None
+        rows.append({"ase_atoms": atoms, "energy": energy, "forces": forces})
+    df = pd.DataFrame(rows)
+    n_at = df["ase_atoms"].map(len)
+    mean_epa = (df["energy"] / n_at).mean()
+    df["energy_corrected"] = df["energy"] - n_at * mean_epa
+    if scale_forces_index is not None:
+        f = np.array(df.at[scale_forces_index, "forces"])
+        f[0, 0] = scale_forces_value
+        df.at[scale_forces_index, "forces"] = f
+    if overlap_index is not None:
+        atoms = df.at[overlap_index, "ase_atoms"]
+        pos = atoms.get_positions()
+        pos[1] = pos[0]
+        atoms.set_positions(pos)
+    return df
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# cases
+# --------------------------------------------------------------------------------------------------------------------
+def deep_update(base: dict, upd: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in upd.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_update(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+CASES: dict[str, dict] = {
+    "success": {
+        "description": "Normal BFGS fit (maxiter 20) with a 20 % test split; pacemaker exits 0.",
+        "input": {},
+        "data": {},
+    },
+    "success_no_test": {
+        "description": "Normal BFGS fit (maxiter 20) without any test set (no `data::test_size`); exits 0.",
+        "input": {"data": {"test_size": None}},
+        "data": {},
+    },
+    "error_exit": {
+        "description": "Invalid optimizer name `fit::optimizer: FOO`. Pacemaker prepares the data, builds the "
+        "TensorFlow model and then raises ValueError('Unknown optimizer ...') at the start of the fit; exits 1.",
+        "input": {"fit": {"optimizer": "FOO"}},
+        "data": {},
+    },
+    "inf_loss": {
+        "description": "One force component in the training data is +inf (structure 3, atom 0, x). Pacemaker's data "
+        "checks only reject NaN, so the fit starts with an infinite loss.",
+        "input": {"data": {"test_size": None}},
+        "data": {"scale_forces_index": 3, "scale_forces_value": float("inf")},
+    },
+    "nan_loss": {
+        "description": "Corrupted geometry: in training structure 3 atom 1 is moved onto atom 0 (zero interatomic "
+        "distance) AFTER the EMT energy/forces were computed, so the ACE model evaluates a pair at r = 0.",
+        "input": {"data": {"test_size": None}},
+        "data": {"overlap_index": 3},
+    },
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# running
+# --------------------------------------------------------------------------------------------------------------------
+def versions() -> dict:
+    from importlib.metadata import version
+
+    out = {}
+    for pkg in ("python-ace", "tensorpotential", "numpy", "tensorflow", "ase", "pandas"):
+        try:
+            out[pkg] = version(pkg)
+        except Exception:  # noqa: BLE001
+            out[pkg] = "?"
+    out["python"] = sys.version.split()[0]
+    return out
+
+
+def run_job(workdir: Path, case: dict) -> dict:
+    """Run the job script (possibly wrapped/interrupted) in ``workdir``; return run info."""
+    script = case.get("script", JOB_SCRIPT)
+    (workdir / "job.sh").write_text(script)
+    t0 = time.time()
+    proc = subprocess.Popen(["bash", "job.sh"], cwd=workdir, start_new_session=True)
+    info: dict = {}
+    kill = case.get("kill")
+    if kill is not None:
+        # wait until metrics.txt has enough rows, then send the signal
+        min_rows = kill.get("min_metrics_rows", 3)
+        target = kill.get("target", "pacemaker")
+        while proc.poll() is None:
+            m = workdir / "metrics.txt"
+            if m.exists() and len(m.read_text().splitlines()) - 1 >= min_rows and (
+                workdir / "interim_potential_0.yaml"
+            ).exists():
+                break
+            time.sleep(0.5)
+        if proc.poll() is None:
+            sig = getattr(signal, kill["signal"])
+            if target == "pacemaker":
+                # the pacemaker process is the (only) child of the job-script bash
+                import psutil
+
+                children = psutil.Process(proc.pid).children()
+                assert len(children) == 1, children
+                pid = children[0].pid
+                os.kill(pid, sig)
+                info["killed"] = f"{kill['signal']} sent to the pacemaker process (pid {pid}) only"
+            else:
+                os.killpg(proc.pid, sig)
+                info["killed"] = f"{kill['signal']} sent to the whole process group of the job script (bash + pacemaker)"
+            info["killed_after_s"] = round(time.time() - t0, 1)
+    proc.wait()
+    info["job_script_rc"] = proc.returncode
+    info["wall_s"] = round(time.time() - t0, 1)
+    return info
+
+
+def record(name: str) -> None:
+    case = CASES[name]
+    dest = HERE / name
+    print(f"=== {name}", flush=True)
+    with tempfile.TemporaryDirectory(prefix=f"pace_{name}_") as tmp:
+        workdir = Path(tmp)
+        inp = deep_update(BASE_INPUT, case.get("input", {}))
+        with open(workdir / "input.yaml", "w") as f:
+            yaml.safe_dump(inp, f, sort_keys=False, default_flow_style=None)
+        df = make_dataset(**case.get("data", {}))
+        df.to_pickle(workdir / "training_data.pckl.gzip", compression="gzip", protocol=4)
+        if "prepare" in case:
+            case["prepare"](workdir)
+        info = run_job(workdir, case)
+
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        produced = sorted(p.name for p in workdir.iterdir())
+        notes_extra = []
+        for fname in KEEP:
+            src = workdir / fname
+            if not src.is_file():
+                continue
+            if fname == "pacemaker.err" and src.stat().st_size > ERR_MAX_BYTES:
+                lines = src.read_text(errors="replace").splitlines(keepends=True)
+                (dest / fname).write_text("".join(lines[:ERR_HEAD] + lines[-ERR_TAIL:]))
+                notes_extra.append(
+                    f"`pacemaker.err` was {src.stat().st_size} bytes / {len(lines)} lines; only the first "
+                    f"{ERR_HEAD} and the last {ERR_TAIL} lines are kept (no marker inserted between them)."
+                )
+            else:
+                shutil.copyfile(src, dest / fname)
+        kept = sorted(p.name for p in dest.iterdir())
+        exit_status = (workdir / "pacemaker.exit_status").read_text().strip() if (
+            workdir / "pacemaker.exit_status"
+        ).exists() else "(file not written)"
+
+    v = versions()
+    script = case.get("script", JOB_SCRIPT)
+    notes = f"""\
+# Recorded case `{name}`
+
+{case['description']}
+
+Recorded {datetime.datetime.now().astimezone().isoformat(timespec='seconds')} with
+
+    python tests/parsers/recorded/record.py {name}
+
+Versions: python-ace {v['python-ace']}, tensorpotential {v['tensorpotential']}, tensorflow {v['tensorflow']}, \
+numpy {v['numpy']}, ase {v['ase']}, pandas {v['pandas']}, python {v['python']}.
+
+Data: `make_dataset({', '.join(f'{k}={val!r}' for k, val in case.get('data', {}).items())})` in `record.py`
+(EMT Al-Cu, gzip-pickled DataFrame `training_data.pckl.gzip`, not kept).
+
+Job script run with `bash job.sh` in a fresh temporary directory:
+
+```bash
+{script.rstrip()}
+```
+"""
+    if case.get("kill"):
+        notes += f"\nInterruption: {info.get('killed', 'process had already finished, nothing was killed')} "
+        notes += f"after {info.get('killed_after_s')} s (once `metrics.txt` had >= {case['kill'].get('min_metrics_rows', 3)} data rows and `interim_potential_0.yaml` existed).\n"
+    notes += f"""
+Result: `pacemaker.exit_status` = {exit_status}; job script (bash) return code = {info['job_script_rc']}; \
+wall time {info['wall_s']} s.
+
+Files produced in the working directory: {', '.join(produced)}.
+
+Files kept here: {', '.join(kept)}.
+"""
+    for line in notes_extra + case.get("notes", []):
+        notes += "\n" + line + "\n"
+    (dest / "NOTES.md").write_text(notes)
+    print(f"    exit_status={exit_status} bash_rc={info['job_script_rc']} wall={info['wall_s']}s kept={kept}")
+
+
+def main(argv: list[str]) -> None:
+    names = argv or list(CASES)
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        sys.exit(f"unknown case(s): {unknown}; known: {list(CASES)}")
+    for n in names:
+        record(n)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
