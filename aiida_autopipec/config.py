@@ -137,3 +137,12 @@ class SystemConfig(BaseModel):
     @classmethod
     def _check_elements(cls, value: list[str]) -> list[str]:
         return validate_element_symbols(value)
+
+    @model_validator(mode="after")
+    def _check_reference_energies_cover_elements(self) -> SystemConfig:
+        references = self.training.reference_energies
+        if isinstance(references, dict):
+            missing = sorted(set(self.elements) - set(references))
+            if missing:
+                raise ValueError(f"training.reference_energies: no value for element(s) {missing}")
+        return self

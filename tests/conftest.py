@@ -43,13 +43,28 @@ def fast_parameters():
 
 
 @pytest.fixture(scope="session")
-def pacemaker_code(aiida_localhost):
+def local_computer(aiida_profile, tmp_path_factory):
+    """This machine with the direct scheduler, polled without delay."""
+    from aiida import orm
+
+    computer = orm.Computer(
+        label="autopipec-localhost",
+        hostname="localhost",
+        transport_type="core.local",
+        scheduler_type="core.direct",
+        workdir=str(tmp_path_factory.mktemp("aiida_run")),
+    ).store()
+    computer.configure(safe_interval=0.0)
+    computer.set_minimum_job_poll_interval(0.0)
+    return computer
+
+
+@pytest.fixture(scope="session")
+def pacemaker_code(local_computer):
     """The real local ``pacemaker`` registered on the test computer."""
     from aiida_autopipec.codes import get_or_create_local_code
 
-    aiida_localhost.set_minimum_job_poll_interval(0.0)
-    aiida_localhost.configure(safe_interval=0.0)
-    return get_or_create_local_code(computer=aiida_localhost)
+    return get_or_create_local_code(computer=local_computer)
 
 
 @pytest.fixture
@@ -70,7 +85,7 @@ def generate_calc_job(tmp_path):
 
 
 @pytest.fixture
-def generate_calc_job_node(aiida_localhost):
+def generate_calc_job_node(local_computer):
     """A stored CalcJobNode whose ``retrieved`` folder holds a recorded real Pacemaker run."""
 
     def factory(case: str, parameters: dict | None = None, reference_energies: dict | None = None):
@@ -79,7 +94,7 @@ def generate_calc_job_node(aiida_localhost):
 
         from aiida_autopipec.learning.pacemaker import REFERENCE_ENERGIES_JSON
 
-        node = orm.CalcJobNode(computer=aiida_localhost, process_type="aiida.calculations:autopipec.pacemaker")
+        node = orm.CalcJobNode(computer=local_computer, process_type="aiida.calculations:autopipec.pacemaker")
         node.set_option("resources", {"num_machines": 1, "num_mpiprocs_per_machine": 1})
         node.base.links.add_incoming(orm.Dict(parameters or {}).store(), LinkType.INPUT_CALC, "parameters")
         references = reference_energies or {"Al": -3.0, "Cu": -3.5}

@@ -66,6 +66,12 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
             missing = sorted(set(data.elements) - set(config.elements))
             if missing:
                 return f"{label}: contains element(s) {missing} that are not in elements {config.elements}"
+    options = inputs.get("metadata", {}).get("options", {})
+    if options.get("append_text"):
+        return (
+            "metadata.options.append_text: not supported, it would run before pacemaker's exit code is recorded; "
+            "use prepend_text, or the append text of the code or computer"
+        )
     initial = inputs.get("initial_potential")
     if initial is not None and sorted(initial.elements) != sorted(config.elements):
         return f"initial_potential: covers {initial.elements} but the fit needs {config.elements}"

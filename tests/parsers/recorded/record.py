@@ -192,6 +192,91 @@ CASES: dict[str, dict] = {
         "input": {"data": {"test_size": None}},
         "data": {"overlap_index": 3},
     },
+    "out_of_memory": {
+        "description": "Real TensorFlow ResourceExhaustedError ('OOM when allocating tensor') on CPU. TensorFlow's BFC "
+        "allocator (the one used on GPUs) is switched on for the CPU with a 300 MB pool via the environment variables "
+        "TF_CPU_ALLOCATOR_USE_BFC=true and TF_CPU_BFC_MEM_LIMIT_IN_MB=300, and `backend::batch_size_reduction: false` "
+        "so pacemaker does not retry with a smaller batch. Larger data (40 x 256-atom cells, rcut 7 A) and "
+        "batch_size 1000 so that one batch does not fit.",
+        "input": {
+            "data": {"test_size": None},
+            "potential": {"bonds": {"ALL": {"rcut": 7.0}}},
+            "backend": {"batch_size": 1000, "batch_size_reduction": False},
+        },
+        "data": {"n_structures": 40, "repeat": 2},
+        "script": "export TF_CPU_ALLOCATOR_USE_BFC=true TF_CPU_BFC_MEM_LIMIT_IN_MB=300\n" + JOB_SCRIPT,
+        "notes": [
+            "This machine has no GPU. A plain CPU run has no memory pool, so the BFC allocator with a fixed limit is "
+            "the way to get the same ResourceExhaustedError/'OOM when allocating tensor' that a GPU run raises "
+            "(on a GPU the allocator name in the message is 'GPU_0_bfc' instead of 'bfc_cpu_allocator_for_gpu'). "
+            "Capping the address space with `ulimit -v` instead does NOT give a ResourceExhaustedError: see the case "
+            "`out_of_memory_ulimit` (Python `MemoryError: std::bad_alloc`, exit 1) and the NOTES there "
+            "(C++ `terminate called after throwing an instance of 'std::bad_alloc'`, SIGABRT, exit 134).",
+            "Pacemaker catches the ResourceExhaustedError in pyace/fitadapter.py, logs it (also into log.txt, "
+            "level ERROR), and because batch_size_reduction is false re-raises it as a RuntimeError whose message "
+            "is mangled by a format bug in pyace (it literally starts with '{} errors encountered. Consider using "
+            "`backend::Graph execution error:').",
+        ],
+    },
+    "out_of_memory_ulimit": {
+        "description": "Address space capped with `ulimit -v 3000000` (about 2.9 GiB) in the job script; same larger "
+        "data as `out_of_memory` (40 x 256-atom cells, rcut 7 A, batch_size 1000, batch_size_reduction false). "
+        "TensorFlow fails inside the first loss evaluation with a Python `MemoryError: std::bad_alloc`.",
+        "input": {
+            "data": {"test_size": None},
+            "potential": {"bonds": {"ALL": {"rcut": 7.0}}},
+            "backend": {"batch_size": 1000, "batch_size_reduction": False},
+        },
+        "data": {"n_structures": 40, "repeat": 2},
+        "script": "ulimit -v 3000000\n" + JOB_SCRIPT,
+        "notes": [
+            "Exploration (not kept): with 100 x 256-atom cells, rcut 9 A and `ulimit -v 6000000` the process was "
+            "aborted instead: stderr ended with `terminate called after throwing an instance of 'std::bad_alloc'` / "
+            "`  what():  std::bad_alloc`, no Python traceback, exit status 134 (SIGABRT). With `ulimit -v 4000000` "
+            "and the data of this case the fit succeeded (peak RSS about 1.9 GB). Which of the two failure modes "
+            "appears depends on where the allocation fails, so a parser should treat `std::bad_alloc`, "
+            "`MemoryError` and exit 134 as out-of-memory as well.",
+        ],
+    },
+    "killed": {
+        "description": "Long fit (maxiter 2000) whose pacemaker process is sent SIGTERM by record.py once "
+        "metrics.txt has >= 5 data rows; the job script itself goes on, records the exit status 143 (128+15) and "
+        "skips pace_yaml2yace because no output_potential.yaml exists.",
+        "input": {"data": {"test_size": None}, "fit": {"maxiter": 2000}},
+        "data": {},
+        "kill": {"signal": "SIGTERM", "min_metrics_rows": 5, "target": "pacemaker"},
+        "notes": [
+            "`timeout -s TERM <t> pacemaker ...` in the job script would give the same files but exit status 124 "
+            "(timeout's own code) instead of 143.",
+        ],
+    },
+    "killed_sigkill": {
+        "description": "As `killed`, but the pacemaker process gets SIGKILL (as from the kernel OOM killer or a "
+        "scheduler's hard kill); exit status 137 (128+9).",
+        "input": {"data": {"test_size": None}, "fit": {"maxiter": 2000}},
+        "data": {},
+        "kill": {"signal": "SIGKILL", "min_metrics_rows": 5, "target": "pacemaker"},
+    },
+    "killed_job": {
+        "description": "As `killed`, but SIGTERM goes to the whole process group (job-script bash and pacemaker), "
+        "which is what a scheduler does at the wall-time limit. bash dies too, so pacemaker.exit_status is never "
+        "written and pace_yaml2yace never runs.",
+        "input": {"data": {"test_size": None}, "fit": {"maxiter": 2000}},
+        "data": {},
+        "kill": {"signal": "SIGTERM", "min_metrics_rows": 5, "target": "group"},
+    },
+    "exit_after_potential": {
+        "description": "`backend::imagetype: foo` (an unsupported matplotlib image format). The fit succeeds and "
+        "output_potential.yaml is written, then the prediction/plotting phase fails in "
+        "`plot_analyse_error_distributions` (savefig) and pacemaker exits 1; the job script still converts the "
+        "potential to .yace.",
+        "input": {"data": {"test_size": None}, "backend": {"imagetype": "foo"}},
+        "data": {},
+        "notes": [
+            "The case `inf_loss` is another real instance of 'non-zero exit after output_potential.yaml was written' "
+            "(plotting fails on the infinite force).",
+        ],
+    },
 }
 
 

@@ -1,0 +1,104 @@
+"""PacemakerCalculation inputs: what prepare_for_submission writes, and what the validator rejects."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+from aiida import orm
+from aiida.engine import run_get_node
+
+from aiida_autopipec.calculations.pacemaker import PacemakerCalculation
+from aiida_autopipec.data import TrainingSetData
+from aiida_autopipec.learning import files
+from aiida_autopipec.learning.pacemaker import REFERENCE_ENERGIES_JSON
+
+
+@pytest.fixture
+def inputs(pacemaker_code, emt_structures, fast_parameters):
+    return {
+        "code": pacemaker_code,
+        "training_set": TrainingSetData.from_ase(emt_structures),
+        "parameters": orm.Dict(fast_parameters),
+    }
+
+
+def test_prepare_writes_dataset_input_and_references(generate_calc_job, inputs):
+    folder, calcinfo = generate_calc_job("autopipec.pacemaker", inputs)
+    config = yaml.safe_load((folder / files.INPUT_YAML).read_text())
+    assert config["potential"]["bonds"]["ALL"]["rcut"] == 4.5
+    assert config["potential"]["elements"] == ["Al", "Cu"]
+    assert config["potential"]["functions"]["number_of_functions_per_element"] == 8
+    assert config["data"] == {"filename": files.TRAINING_DATA, "test_size": 0.2}
+    assert config["backend"]["gpu_config"] == {"gpu_ind": -1, "mem_limit": 0}
+
+    references = json.loads((folder / REFERENCE_ENERGIES_JSON).read_text())
+    frame = pd.read_pickle(folder / files.TRAINING_DATA, compression="gzip")
+    assert len(frame) == inputs["training_set"].num_structures
+    for _, row in frame.iterrows():
+        symbols = row["ase_atoms"].get_chemical_symbols()
+        expected = row["energy"] - sum(references[s] for s in symbols)
+        assert row["energy_corrected"] == pytest.approx(expected, abs=1e-9)
+
+    assert calcinfo.codes_info[0].cmdline_params == [files.INPUT_YAML]
+    assert calcinfo.codes_info[0].stderr_name == files.STDERR
+    assert set(files.RETRIEVE_LIST) <= set(calcinfo.retrieve_list)
+    assert files.TRAIN_PREDICTIONS not in calcinfo.retrieve_list
+    assert files.TRAINING_DATA in calcinfo.provenance_exclude_list
+    # The exit code is captured first, and the .yace is made by pace_yaml2yace next to the pacemaker executable.
+    first_line = calcinfo.append_text.splitlines()[0]
+    assert first_line == f"echo $? > {files.EXIT_STATUS}"
+    executable_dir = str(inputs["code"].filepath_executable.parent)
+    assert f"{executable_dir}/pace_yaml2yace -o {files.OUTPUT_POTENTIAL_YACE}" in calcinfo.append_text
+
+
+def test_prepare_with_test_set_and_settings(generate_calc_job, inputs, emt_test_structures):
+    inputs["test_set"] = TrainingSetData.from_ase(emt_test_structures)
+    inputs["settings"] = orm.Dict(
+        {"pacemaker": {"fit": {"loss": {"L1_coeffs": 1e-5}}}, "retrieve_predictions": True}
+    )
+    folder, calcinfo = generate_calc_job("autopipec.pacemaker", inputs)
+    config = yaml.safe_load((folder / files.INPUT_YAML).read_text())
+    assert config["data"] == {"filename": files.TRAINING_DATA, "test_filename": files.TEST_DATA}
+    assert config["fit"]["loss"]["L1_coeffs"] == 1e-5
+    assert config["fit"]["loss"]["kappa"] == 0.7  # the rest of the generated section is kept
+    assert len(pd.read_pickle(folder / files.TEST_DATA, compression="gzip")) == 8
+    assert files.TRAIN_PREDICTIONS in calcinfo.retrieve_list
+
+
+def test_user_reference_energies_are_used(generate_calc_job, inputs):
+    inputs["parameters"] = orm.Dict({**inputs["parameters"].get_dict(), "reference_energies": {"Al": -1, "Cu": -2}})
+    folder, _ = generate_calc_job("autopipec.pacemaker", inputs)
+    assert json.loads((folder / REFERENCE_ENERGIES_JSON).read_text()) == {"Al": -1.0, "Cu": -2.0}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"parameters": {"cutoff": -1.0}}, "cutoff"),
+        ({"parameters": {"test_size": 1.5}}, "test_size"),
+        ({"parameters": {"maxiter": -3}}, "maxiter"),
+        ({"parameters": {"cutof": 4.0}}, "cutof"),
+        ({"parameters": {"elements": ["Al"]}}, "not in elements"),
+        ({"parameters": {"elements": ["Al", "Qq"]}}, "Qq"),
+        ({"parameters": {"reference_energies": {"Al": 0.0}}}, "Cu"),
+        ({"settings": {"pacemaker": {"fit": {"loss": {"kapa": 0.5}}}}}, "did you mean 'kappa'"),
+        ({"settings": {"pacemaker": {"data": {"filename": "/etc/passwd"}}}}, "data.filename"),
+        ({"settings": {"retrieve_everything": True}}, "unknown key"),
+        ({"metadata": {"options": {"append_text": "echo hi"}}}, "append_text"),
+    ],
+)
+def test_bad_inputs_rejected_before_anything_is_stored(inputs, change, message):
+    inputs = dict(inputs)
+    if "parameters" in change:
+        inputs["parameters"] = orm.Dict({**inputs["parameters"].get_dict(), **change["parameters"]})
+    if "settings" in change:
+        inputs["settings"] = orm.Dict(change["settings"])
+    if "metadata" in change:
+        inputs["metadata"] = change["metadata"]
+    nodes_before = orm.QueryBuilder().append(orm.Node).count()
+    with pytest.raises(ValueError, match=message):
+        run_get_node(PacemakerCalculation, **inputs)
+    assert orm.QueryBuilder().append(orm.Node).count() == nodes_before
