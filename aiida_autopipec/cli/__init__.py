@@ -1,1 +1,5 @@
-"""cli"""
+"""The ``autopipec`` command line."""
+
+from aiida_autopipec.cli.main import autopipec
+
+__all__ = ["autopipec"]

@@ -1,0 +1,89 @@
+"""``autopipec``: set up the local code and train a first potential."""
+
+from __future__ import annotations
+
+import subprocess
+
+import click
+
+
+def load_or_create_profile(create: bool = True) -> str:
+    """Load the default AiiDA profile; without one, make the embedded default with ``verdi presto``."""
+    from aiida import load_profile
+    from aiida.common.exceptions import ConfigurationError, ProfileConfigurationError
+
+    try:
+        return load_profile().name
+    except (ConfigurationError, ProfileConfigurationError):
+        if not create:
+            raise
+    click.echo("No AiiDA profile found: creating one with `verdi presto` (SQLite storage, built-in broker).")
+    subprocess.run(["verdi", "presto"], check=True)
+    from aiida.manage.configuration import reset_config
+
+    reset_config()  # re-read the configuration that `verdi presto` just wrote
+    return load_profile(allow_switch=True).name
+
+
+@click.group()
+def autopipec() -> None:
+    """Fit ACE potentials with Pacemaker under AiiDA provenance."""
+
+
+@autopipec.command()
+@click.option("--computer", default="localhost", show_default=True, help="AiiDA computer to register the code on.")
+@click.option("--label", default="pacemaker", show_default=True, help="Label of the code.")
+def setup(computer: str, label: str) -> None:
+    """Register this environment's `pacemaker` as an AiiDA code (idempotent)."""
+    load_or_create_profile()
+    from aiida_autopipec.codes import get_or_create_local_code, get_or_create_localhost
+
+    code = get_or_create_local_code(label, get_or_create_localhost(computer))
+    click.echo(f"code {code.full_label} (pk {code.pk}) runs {code.filepath_executable}")
+
+
+@autopipec.command()
+@click.option("--structures", default=40, show_default=True, help="Number of EMT-labelled training structures.")
+@click.option("--maxiter", default=100, show_default=True, help="Optimiser iterations.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the generated data and the fit.")
+def quickstart(structures: int, maxiter: int, seed: int) -> None:
+    """Train a real Al-Cu ACE potential on EMT data made here, through AiiDA, and print its metrics."""
+    load_or_create_profile()
+    from aiida import orm
+    from aiida.engine import run_get_node
+
+    from aiida_autopipec.calculations.pacemaker import PacemakerCalculation
+    from aiida_autopipec.codes import get_or_create_local_code
+    from aiida_autopipec.data import TrainingSetData
+    from aiida_autopipec.learning.reference_data import emt_dataset
+
+    code = get_or_create_local_code()
+    click.echo(f"Labelling {structures} + {max(structures // 4, 4)} Al-Cu structures with ASE's EMT calculator...")
+    training_set = TrainingSetData.from_ase(emt_dataset(structures, seed=seed))
+    test_set = TrainingSetData.from_ase(emt_dataset(max(structures // 4, 4), seed=seed + 1000))
+    parameters = {"cutoff": 4.5, "maxiter": maxiter, "seed": seed, "display_step": 10}
+    click.echo(f"Fitting with {code.full_label} (maxiter {maxiter}); this takes about a minute on a laptop CPU...")
+    results, node = run_get_node(
+        PacemakerCalculation, code=code, training_set=training_set, test_set=test_set, parameters=orm.Dict(parameters)
+    )
+    if not node.is_finished_ok:
+        raise click.ClickException(f"PacemakerCalculation<{node.pk}> failed [{node.exit_status}]: {node.exit_message}")
+    click.echo(format_metrics(results["metrics"].get_dict()))
+    potential = results["potential"]
+    click.echo(f"\nPotential: PotentialData<{potential.pk}> ({potential.num_functions} functions, cutoff {potential.cutoff} Å)")
+    click.echo(f"Provenance: verdi process show {node.pk}   |   verdi node graph generate {node.pk}")
+
+
+def format_metrics(metrics: dict) -> str:
+    """A small table of train/test errors."""
+    lines = [f"{'':6} {'RMSE E (eV/atom)':>17} {'MAE E (eV/atom)':>16} {'RMSE F (eV/Å)':>14} {'MAE F (eV/Å)':>13}"]
+    for split in ("train", "test"):
+        values = metrics.get(split)
+        if values:
+            cells = [values.get(k) for k in ("rmse_energy", "mae_energy", "rmse_forces", "mae_forces")]
+            text = [f"{v:.4f}" if v is not None else "-" for v in cells]
+            lines.append(f"{split:6} {text[0]:>17} {text[1]:>16} {text[2]:>14} {text[3]:>13}")
+    target = metrics["rmse_forces_threshold"]
+    verdict = "converged" if metrics["is_converged"] else "not converged"
+    lines.append(f"{metrics['iterations']} iterations; {verdict} (force RMSE on {metrics['judged_on']} vs {target} eV/Å)")
+    return "\n".join(lines)
