@@ -65,6 +65,15 @@ def test_provenance_links(trained):
     # input.yaml is kept in the node's repository; the Pacemaker pickle is not (TrainingSetData holds the data).
     stored = node.base.repository.list_object_names()
     assert "input.yaml" in stored and "training_data.pckl.gzip" not in stored
+    # What `verdi node graph generate` draws: inputs and outputs around the calculation.
+    from aiida.tools.visualization import Graph
+
+    graph = Graph()
+    graph.add_incoming(node)
+    graph.add_outgoing(node)
+    drawn = set(graph.nodes)
+    for linked in (test_set, node.inputs.training_set, node.inputs.parameters, results["potential"], results["metrics"]):
+        assert linked.pk in drawn
     curve = results["learning_curve"]
     assert curve.get_array("iteration")[-1] == 15
     assert np.isfinite(curve.get_array("loss")).all()

@@ -1,0 +1,36 @@
+"""The README's main command, `autopipec quickstart`, and `autopipec setup`, on the test profile."""
+
+from __future__ import annotations
+
+import pytest
+from aiida import orm
+from click.testing import CliRunner
+
+from aiida_autopipec.cli import autopipec
+
+
+def test_setup_is_idempotent(local_computer):
+    runner = CliRunner()
+    first = runner.invoke(autopipec, ["setup", "--computer", local_computer.label, "--label", "pace-cli"])
+    second = runner.invoke(autopipec, ["setup", "--computer", local_computer.label, "--label", "pace-cli"])
+    assert first.exit_code == 0, first.output
+    assert second.exit_code == 0, second.output
+    codes = orm.QueryBuilder().append(orm.InstalledCode, filters={"label": "pace-cli"}).all(flat=True)
+    assert len(codes) == 1
+    assert codes[0].filepath_executable.name == "pacemaker"
+    assert f"pk {codes[0].pk}" in first.output and f"pk {codes[0].pk}" in second.output
+
+
+@pytest.mark.pacemaker
+def test_quickstart_trains_a_real_potential(local_computer, monkeypatch):
+    from aiida_autopipec import codes
+
+    monkeypatch.setattr(codes, "get_or_create_localhost", lambda label="localhost": local_computer)
+    result = CliRunner().invoke(autopipec, ["quickstart", "--structures", "12", "--maxiter", "5"])
+    assert result.exit_code == 0, result.output
+    assert "train" in result.output and "test" in result.output
+    assert "5 iterations" in result.output
+    pk = int(result.output.split("verdi process show ")[1].split()[0])
+    node = orm.load_node(pk)
+    assert node.is_finished_ok
+    assert "potential" in node.outputs
