@@ -50,8 +50,6 @@ class PacemakerParser(Parser):
         if metrics is not None and metrics.learning_curve is not None:
             self.out("learning_curve", self._learning_curve(metrics))
 
-        if any(marker in stderr for marker in OUT_OF_MEMORY_MARKERS):
-            return exit_codes.ERROR_OUT_OF_MEMORY
         if metrics is not None and metrics.diverged:
             return exit_codes.ERROR_LOSS_DIVERGED.format(iteration=self._first_nan_iteration(metrics))
         scheduler_status = self.node.exit_status
@@ -61,6 +59,9 @@ class PacemakerParser(Parser):
             reason = KILLED_EXIT_STATUSES.get(exit_status, "no exit status recorded: the job ended before it did")
             return exit_codes.ERROR_PACEMAKER_KILLED.format(reason=reason)
         if exit_status != 0:
+            # Out-of-memory text with exit status 0 means Pacemaker recovered by shrinking the batch.
+            if any(marker in stderr for marker in OUT_OF_MEMORY_MARKERS):
+                return exit_codes.ERROR_OUT_OF_MEMORY
             return exit_codes.ERROR_PACEMAKER_FAILED.format(
                 exit_status=exit_status, stderr_tail=_tail(stderr) or "(stderr empty)"
             )

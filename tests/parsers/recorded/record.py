@@ -185,12 +185,18 @@ CASES: dict[str, dict] = {
         "checks only reject NaN, so the fit starts with an infinite loss.",
         "input": {"data": {"test_size": None}},
         "data": {"scale_forces_index": 3, "scale_forces_value": float("inf")},
+        "notes": [
+            "Finding: loss is inf from the first evaluation (metrics.txt: loss and f_loss_contrib = inf), BFGS stops with 'message=NaN result encountered.', output_potential.yaml is written (`_loss: inf`), then plotting the predictions fails ('ValueError: supplied range of [..., inf] is not finite' on stderr) and pacemaker exits 1.",
+        ],
     },
     "nan_loss": {
         "description": "Corrupted geometry: in training structure 3 atom 1 is moved onto atom 0 (zero interatomic "
         "distance) AFTER the EMT energy/forces were computed, so the ACE model evaluates a pair at r = 0.",
         "input": {"data": {"test_size": None}},
         "data": {"overlap_index": 3},
+        "notes": [
+            "Finding: the loss is NaN from the first evaluation (metrics.txt row 0: loss, e_loss_contrib, f_loss_contrib, rmse_* = nan); scipy BFGS stops at once ('Optimization result(success=False, status=3, message=NaN result encountered., nfev=1, njev=1)' in log.txt), pacemaker still writes output_potential.yaml (metadata `_loss: nan`, BFGS made 0 iterations) and EXITS 0. Only the NaN markers reveal the failure.",
+        ],
     },
     "out_of_memory": {
         "description": "Real TensorFlow ResourceExhaustedError ('OOM when allocating tensor') on CPU. TensorFlow's BFC "
@@ -216,6 +222,26 @@ CASES: dict[str, dict] = {
             "level ERROR), and because batch_size_reduction is false re-raises it as a RuntimeError whose message "
             "is mangled by a format bug in pyace (it literally starts with '{} errors encountered. Consider using "
             "`backend::Graph execution error:').",
+        ],
+    },
+    "out_of_memory_reduced": {
+        "description": "Same OOM set-up as `out_of_memory` (BFC CPU allocator limited to 300 MB, 40 x 256-atom "
+        "cells, rcut 7 A) but with pacemaker's default `batch_size_reduction` (on), batch_size 40, "
+        "batch_size_reduction_factor 2 and maxiter 5: pacemaker catches the ResourceExhaustedError, halves the "
+        "batch size and restarts the fit.",
+        "input": {
+            "data": {"test_size": None},
+            "potential": {"bonds": {"ALL": {"rcut": 7.0}}},
+            "fit": {"maxiter": 5},
+            "backend": {"batch_size": 40, "batch_size_reduction_factor": 2},
+        },
+        "data": {"n_structures": 40, "repeat": 2},
+        "script": "export TF_CPU_ALLOCATOR_USE_BFC=true TF_CPU_BFC_MEM_LIMIT_IN_MB=300\n" + JOB_SCRIPT,
+        "notes": [
+            "The run RECOVERED: one ResourceExhaustedError at batch size 40 (logged at level ERROR in log.txt and on "
+            "stderr, 'OOM when allocating tensor ...'), then 'Decrease batch size (by factor 2): 40 -> 20', the fit "
+            "finished and pacemaker exited 0 with output_potential.yaml. A parser must therefore not fail a run just "
+            "because 'OOM when allocating' appears in the log when the exit status is 0.",
         ],
     },
     "out_of_memory_ulimit": {
