@@ -191,7 +191,7 @@ class StructureArrays:
         from ase.geometry import complete_cell
 
         for index, atoms in enumerate(self.to_atoms(with_labels=False)):
-            # ``cell.rank`` counts non-zero vectors only; dependent (e.g. coplanar) vectors also have zero volume
+            # ``cell.rank`` counts non-zero vectors only; coplanar vectors also have zero volume
             # and would make the neighbour list fail with a bare LinAlgError.
             if atoms.pbc.any() and (
                 atoms.cell.rank < int(atoms.pbc.sum()) or np.linalg.matrix_rank(complete_cell(atoms.cell)) < 3
@@ -314,9 +314,8 @@ def to_pacemaker_dataframe(
         force_weights = np.asarray(force_weights, dtype=float)
         if energy_weights.shape != (arrays.num_structures,) or force_weights.shape != (arrays.num_atoms,):
             raise DatasetError("weights: need one energy weight per structure and one force weight per atom")
-        if (energy_weights < 0).any() or (force_weights < 0).any() or not (
-            np.isfinite(energy_weights).all() and np.isfinite(force_weights).all()
-        ):
+        finite = np.isfinite(energy_weights).all() and np.isfinite(force_weights).all()
+        if not finite or (energy_weights < 0).any() or (force_weights < 0).any():
             raise DatasetError("weights must be finite and non-negative")
         frame["w_energy"] = energy_weights
         frame["w_forces"] = [force_weights[offsets[i] : offsets[i + 1]] for i in range(arrays.num_structures)]
