@@ -160,9 +160,11 @@ def check_against_schema(config: Mapping[str, Any], schema: Mapping[str, Any] = 
     """Raise :class:`ConfigError` for keys Pacemaker would silently ignore, suggesting the closest known key."""
     for key, value in config.items():
         where = f"{path}.{key}" if path else str(key)
-        if isinstance(schema, PerSpecies) and key not in schema:
+        if isinstance(schema, PerSpecies) and key != "number_of_functions_per_element":
+            # block keys (rcut, ndensity, ...) belong one level down, under ALL or a species key
             if not _is_species_key(key):
-                raise ConfigError(f"{where}: '{key}' is neither ALL/UNARY/BINARY/... nor an element or pair")
+                hint = f"; put '{key}' under ALL or a species key" if key in schema else ""
+                raise ConfigError(f"{where}: '{key}' is neither ALL/UNARY/BINARY/... nor an element or pair{hint}")
             sub_schema: Any = {k: v for k, v in schema.items() if k != "number_of_functions_per_element"}
         elif key not in schema:
             close = difflib.get_close_matches(str(key), [str(k) for k in schema], n=1)
@@ -218,12 +220,12 @@ class PacemakerConfigGenerator:
             config = SystemConfig.model_validate(config)
         self.config = config
         self.overrides = dict(overrides or {})
-        check_against_schema(self.overrides)
         for (section, key), reason in MANAGED_KEYS.items():
             if isinstance(self.overrides.get(section), Mapping) and key in self.overrides[section]:
                 raise ConfigError(f"{section}.{key}: cannot be overridden ({reason})")
         if "potential" in self.overrides and not isinstance(self.overrides["potential"], Mapping):
             raise ConfigError("potential: cannot be overridden by a file name (pass an initial potential instead)")
+        check_against_schema(self.overrides)  # after the managed keys: most of those are not in SCHEMA
 
     def functions_per_element(self, num_structures: int | None, num_atoms: int | None) -> int:
         """The configured basis size, or the data-adapted one (see :func:`number_of_functions_per_element`)."""

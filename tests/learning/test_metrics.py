@@ -47,7 +47,9 @@ def test_convergence_thresholds():
     above, below = metrics.rmse_forces * 1.01, metrics.rmse_forces * 0.99
     assert LogParser(rmse_forces_threshold=above).parse(RECORDED / "success").is_converged
     assert not LogParser(rmse_forces_threshold=below).parse(RECORDED / "success").is_converged
-    energy_too_strict = LogParser(rmse_forces_threshold=above, rmse_energy_threshold=metrics.rmse_energy * 0.5)
+    energy_too_strict = LogParser(
+        rmse_forces_threshold=above, rmse_energy_threshold=metrics.rmse_energy * 0.5
+    )
     assert not energy_too_strict.parse(RECORDED / "success").is_converged
 
 
