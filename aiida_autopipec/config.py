@@ -39,7 +39,7 @@ class TrainingConfig(BaseModel):
     number_of_functions_per_element: int | None = Field(
         None,
         ge=1,
-        description="ACE basis functions per element; None chooses it from the data size (see docs/basis_size.md).",
+        description="ACE basis functions per element; None chooses it from the data size (rule in docs/concepts.md).",
     )
     max_functions_per_element: int = Field(
         300, ge=1, description="Upper bound for the automatic basis size (functions per element)."

@@ -122,8 +122,7 @@ def pytest_report_header(config):
     storage = requested_storage_backend()
     broker = requested_broker_backend()
     lines = [
-        f"aiida test storage: {storage} ({STORAGE_ENV}={os.environ.get(STORAGE_ENV, '')!r}), "
-        f"broker: {broker or 'none'}"
+        f"aiida test storage: {storage} ({STORAGE_ENV}={os.environ.get(STORAGE_ENV, '')!r}), broker: {broker or 'none'}"
     ]
     if storage == "core.psql_dos":
         lines.append(f"aiida test storage: PostgreSQL via pgtest, pg_ctl={_which_pg_ctl()}")

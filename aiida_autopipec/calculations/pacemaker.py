@@ -16,7 +16,11 @@ from aiida_autopipec.data import PotentialData, TrainingSetData
 from aiida_autopipec.learning import files
 from aiida_autopipec.learning.config_gen import ConfigError, PacemakerConfigGenerator
 from aiida_autopipec.learning.dataset import DatasetError, write_pacemaker_dataset
-from aiida_autopipec.learning.pacemaker import REFERENCE_ENERGIES_JSON, post_fit_script, resolve_reference_energies
+from aiida_autopipec.learning.pacemaker import (
+    REFERENCE_ENERGIES_JSON,
+    post_fit_script,
+    resolve_reference_energies,
+)
 
 __all__ = ["PacemakerCalculation", "system_config_from_inputs"]
 
@@ -111,7 +115,10 @@ class PacemakerCalculation(CalcJob):
             help=f"Expert settings: {', '.join(f'`{k}`: {v}' for k, v in SETTINGS_KEYS.items())}.",
         )
         spec.inputs.validator = validate_inputs
-        spec.inputs["metadata"]["options"]["resources"].default = {"num_machines": 1, "num_mpiprocs_per_machine": 1}
+        spec.inputs["metadata"]["options"]["resources"].default = {
+            "num_machines": 1,
+            "num_mpiprocs_per_machine": 1,
+        }
         spec.inputs["metadata"]["options"]["parser_name"].default = "autopipec.pacemaker"
         spec.inputs["metadata"]["options"]["withmpi"].default = False
 
@@ -158,7 +165,10 @@ class PacemakerCalculation(CalcJob):
 
         arrays = training_set.get_arrays()
         references = resolve_reference_energies(
-            config.training, arrays, config.elements, initial.reference_energies if initial is not None else None
+            config.training,
+            arrays,
+            config.elements,
+            initial.reference_energies if initial is not None else None,
         )
         write_pacemaker_dataset(folder.get_abs_path(files.TRAINING_DATA), arrays, references)
         if test_set is not None:

@@ -64,13 +64,19 @@ def quickstart(structures: int, maxiter: int, seed: int) -> None:
     parameters = {"cutoff": 4.5, "maxiter": maxiter, "seed": seed, "display_step": 10}
     click.echo(f"Fitting with {code.full_label} (maxiter {maxiter}); this takes about a minute on a laptop CPU...")
     results, node = run_get_node(
-        PacemakerCalculation, code=code, training_set=training_set, test_set=test_set, parameters=orm.Dict(parameters)
+        PacemakerCalculation,
+        code=code,
+        training_set=training_set,
+        test_set=test_set,
+        parameters=orm.Dict(parameters),
     )
     if not node.is_finished_ok:
         raise click.ClickException(f"PacemakerCalculation<{node.pk}> failed [{node.exit_status}]: {node.exit_message}")
     click.echo(format_metrics(results["metrics"].get_dict()))
     potential = results["potential"]
-    click.echo(f"\nPotential: PotentialData<{potential.pk}> ({potential.num_functions} functions, cutoff {potential.cutoff} Å)")
+    click.echo(
+        f"\nPotential: PotentialData<{potential.pk}> ({potential.num_functions} functions, cutoff {potential.cutoff} Å)"
+    )
     click.echo(f"Provenance: verdi process show {node.pk}   |   verdi node graph generate {node.pk}")
 
 
@@ -85,5 +91,7 @@ def format_metrics(metrics: dict) -> str:
             lines.append(f"{split:6} {text[0]:>17} {text[1]:>16} {text[2]:>14} {text[3]:>13}")
     target = metrics["rmse_forces_threshold"]
     verdict = "converged" if metrics["is_converged"] else "not converged"
-    lines.append(f"{metrics['iterations']} iterations; {verdict} (force RMSE on {metrics['judged_on']} vs {target} eV/Å)")
+    lines.append(
+        f"{metrics['iterations']} iterations; {verdict} (force RMSE on {metrics['judged_on']} vs {target} eV/Å)"
+    )
     return "\n".join(lines)

@@ -51,8 +51,15 @@ BOND_SCHEMA = {
 FUNCTION_SCHEMA = {k: ANY for k in ("nradmax_by_orders", "lmax_by_orders", "coefs_init")}
 
 
-class PerSpecies(dict):
-    """Schema of a mapping keyed by species specs (``ALL``, ``UNARY``, ``Al``, ``AlCu``, ``[Al, Cu]``...)."""
+class PerSpecies:
+    """Schema of a mapping keyed by species specs (``ALL``, ``UNARY``, ``Al``, ``AlCu``, ``[Al, Cu]``...).
+
+    ``groups`` and ``max_species`` are what Pacemaker honours in that section: bonds act on ALL/UNARY/BINARY and
+    element pairs (a TERNARY bond is silently ignored), embeddings only on ALL/UNARY and single elements.
+    """
+
+    def __init__(self, block: dict, groups: frozenset[str], max_species: int, **extra: Any):
+        self.block, self.groups, self.max_species, self.extra = block, groups, max_species, extra
 
 
 #: Every key the generator or an expert override may put into input.yaml (python-ace 0.4).
@@ -62,11 +69,17 @@ SCHEMA: dict[str, Any] = {
     "potential": {
         "deltaSplineBins": ANY,
         "elements": ANY,
-        "embeddings": PerSpecies(EMBEDDING_SCHEMA),
-        "bonds": PerSpecies(BOND_SCHEMA),
-        "functions": PerSpecies(FUNCTION_SCHEMA, number_of_functions_per_element=ANY),
+        "embeddings": PerSpecies(EMBEDDING_SCHEMA, frozenset({"ALL", "UNARY"}), 1),
+        "bonds": PerSpecies(BOND_SCHEMA, frozenset({"ALL", "UNARY", "BINARY"}), 2),
+        "functions": PerSpecies(FUNCTION_SCHEMA, SPECIES_GROUPS, 5, number_of_functions_per_element=ANY),
     },
-    "data": {"filename": ANY, "test_filename": ANY, "test_size": ANY, "ignore_weights": ANY, "aug_factor": ANY},
+    "data": {
+        "filename": ANY,
+        "test_filename": ANY,
+        "test_size": ANY,
+        "ignore_weights": ANY,
+        "aug_factor": ANY,
+    },
     "fit": {
         "loss": {k: ANY for k in ("kappa", "L1_coeffs", "L2_coeffs", "w0_rad", "w1_rad", "w2_rad", "w_orth")},
         "weighting": FREE_MAPPING,
@@ -124,28 +137,38 @@ def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[st
     return merged
 
 
-def number_of_functions_per_element(
-    num_structures: int, num_atoms: int, num_elements: int, maximum: int = 300
-) -> int:
+def blocks_per_element(num_elements: int) -> int:
+    """Basis blocks per element of Pacemaker's default (ALL) basis: each element with every subset of the others.
+
+    Pacemaker shares ``number_of_functions_per_element`` out over these blocks with integer division, so a value
+    below this number gives blocks (with 4 elements: every block) without any function.
+    """
+    return 2 ** (max(num_elements, 1) - 1)
+
+
+def number_of_functions_per_element(num_structures: int, num_atoms: int, num_elements: int, maximum: int = 300) -> int:
     """Basis size that the data can support, to avoid over-fitting small datasets.
 
     Rule: the number of fitted values (one energy per structure + three force components per atom) must be at least
     ``OBSERVATIONS_PER_COEFFICIENT`` (10) times the number of coefficients (``ndensity`` = 2 per function), i.e.
-    ``n = (num_structures + 3 num_atoms) / (10 * 2 * num_elements)``, clipped to ``[5, maximum]``.
+    ``n = (num_structures + 3 num_atoms) / (10 * 2 * num_elements)``, clipped to ``[5, maximum]`` and rounded down
+    to a multiple of the blocks per element (at least one function per block, see :func:`blocks_per_element`).
     """
     observations = num_structures + 3 * num_atoms
     n = math.floor(observations / (OBSERVATIONS_PER_COEFFICIENT * DEFAULT_NDENSITY * max(num_elements, 1)))
-    return int(min(max(n, MIN_FUNCTIONS_PER_ELEMENT), maximum))
+    n = min(max(n, MIN_FUNCTIONS_PER_ELEMENT), maximum)
+    blocks = blocks_per_element(num_elements)
+    return int(max(n // blocks, 1) * blocks)
 
 
-def _is_species_key(key: Any) -> bool:
-    """``ALL``/``UNARY``/..., an element, or a pair/triple written as ``AlCu``, ``Al Cu``, ``[Al, Cu]``."""
+def _is_species_key(key: Any, schema: PerSpecies) -> bool:
+    """A group Pacemaker honours here, or up to ``max_species`` elements: ``Al``, ``AlCu``, ``Al Cu``, ``[Al, Cu]``."""
     from aiida_autopipec.config import ELEMENT_SYMBOLS
 
     if isinstance(key, (list, tuple)):
         symbols = list(key)
     elif isinstance(key, str):
-        if key in SPECIES_GROUPS:
+        if key in schema.groups:
             return True
         compact = re.sub(r"[\s,()\[\]]", "", key)
         symbols = re.findall(r"[A-Z][a-z]?", compact)
@@ -153,19 +176,25 @@ def _is_species_key(key: Any) -> bool:
             return False
     else:
         return False
-    return bool(symbols) and all(symbol in ELEMENT_SYMBOLS for symbol in symbols)
+    return 0 < len(symbols) <= schema.max_species and all(symbol in ELEMENT_SYMBOLS for symbol in symbols)
 
 
 def check_against_schema(config: Mapping[str, Any], schema: Mapping[str, Any] = SCHEMA, path: str = "") -> None:
     """Raise :class:`ConfigError` for keys Pacemaker would silently ignore, suggesting the closest known key."""
     for key, value in config.items():
         where = f"{path}.{key}" if path else str(key)
-        if isinstance(schema, PerSpecies) and key != "number_of_functions_per_element":
-            # block keys (rcut, ndensity, ...) belong one level down, under ALL or a species key
-            if not _is_species_key(key):
-                hint = f"; put '{key}' under ALL or a species key" if key in schema else ""
-                raise ConfigError(f"{where}: '{key}' is neither ALL/UNARY/BINARY/... nor an element or pair{hint}")
-            sub_schema: Any = {k: v for k, v in schema.items() if k != "number_of_functions_per_element"}
+        if isinstance(schema, PerSpecies):
+            if key in schema.extra:
+                sub_schema: Any = schema.extra[key]
+            elif _is_species_key(key, schema):
+                sub_schema = schema.block
+            else:
+                # block keys (rcut, ndensity, ...) belong one level down, under ALL or a species key
+                hint = f"; put '{key}' under ALL or a species key" if key in schema.block else ""
+                raise ConfigError(
+                    f"{where}: '{key}' is not honoured here: use one of {sorted(schema.groups)} or up to "
+                    f"{schema.max_species} element(s){hint}"
+                )
         elif key not in schema:
             close = difflib.get_close_matches(str(key), [str(k) for k in schema], n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {sorted(map(str, schema))}"
@@ -200,8 +229,11 @@ def check_values(config: Mapping[str, Any]) -> None:
     if kappa != "auto" and (isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not 0 <= kappa <= 1):
         raise ConfigError(f"fit.loss.kappa: must be 'auto' or a number in [0, 1], got {kappa!r}")
     test_size = config.get("data", {}).get("test_size")
-    if test_size is not None and (isinstance(test_size, bool) or not isinstance(test_size, (int, float))
-                                  or not (0 < test_size < 1 or (isinstance(test_size, int) and test_size >= 1))):
+    if test_size is not None and (
+        isinstance(test_size, bool)
+        or not isinstance(test_size, (int, float))
+        or not (0 < test_size < 1 or (isinstance(test_size, int) and test_size >= 1))
+    ):
         raise ConfigError(f"data.test_size: must be a fraction in (0, 1) or a number of structures, got {test_size!r}")
     if isinstance(potential, Mapping):
         for name, bond in potential.get("bonds", {}).items():
@@ -231,6 +263,13 @@ class PacemakerConfigGenerator:
         """The configured basis size, or the data-adapted one (see :func:`number_of_functions_per_element`)."""
         training = self.config.training
         if training.number_of_functions_per_element is not None:
+            blocks = blocks_per_element(len(self.config.elements))
+            if training.number_of_functions_per_element < blocks:
+                raise ConfigError(
+                    f"number_of_functions_per_element: {training.number_of_functions_per_element} is fewer than the "
+                    f"{blocks} basis blocks per element of a {len(self.config.elements)}-element potential; Pacemaker "
+                    f"would build blocks without functions"
+                )
             return training.number_of_functions_per_element
         if num_structures is None or num_atoms is None:
             raise ConfigError("number_of_functions_per_element is automatic: the data size must be known")
@@ -252,12 +291,19 @@ class PacemakerConfigGenerator:
         The data size (for the automatic basis size) is read from ``dataset_path`` when not given.
         """
         training = self.config.training
-        if training.number_of_functions_per_element is None and (num_structures is None or num_atoms is None):
+        automatic_basis = training.number_of_functions_per_element is None and initial_potential_path is None
+        if automatic_basis and (num_structures is None or num_atoms is None):
             num_structures, num_atoms = _dataset_size(dataset_path)
         data: dict[str, Any] = {"filename": str(dataset_path)}
         if test_dataset_path is not None:
             data["test_filename"] = str(test_dataset_path)
         else:
+            held_out = int((num_structures or 0) * training.test_size)  # how Pacemaker rounds
+            if num_structures is not None and not 0 < held_out < num_structures:
+                raise ConfigError(
+                    f"test_size: {training.test_size} of {num_structures} structures holds out {held_out}; "
+                    f"give a larger test_size (at least {1 / num_structures:.3g}) or a separate test set"
+                )
             data["test_size"] = training.test_size
         backend: dict[str, Any] = {
             "evaluator": "tensorpot",

@@ -16,10 +16,22 @@ from pydantic import BaseModel, Field
 
 from aiida_autopipec.learning import files
 
-__all__ = ["ErrorMetrics", "LearningCurve", "LogParser", "MetricsError", "TrainingMetrics", "read_metrics_table"]
+__all__ = [
+    "ErrorMetrics",
+    "LearningCurve",
+    "LogParser",
+    "MetricsError",
+    "TrainingMetrics",
+    "read_metrics_table",
+]
 
 #: Columns of Pacemaker's metrics tables that form the learning curve, and our names for them.
-CURVE_COLUMNS = {"iter_num": "iteration", "loss": "loss", "rmse_epa": "rmse_energy", "rmse_f_comp": "rmse_forces"}
+CURVE_COLUMNS = {
+    "iter_num": "iteration",
+    "loss": "loss",
+    "rmse_epa": "rmse_energy",
+    "rmse_f_comp": "rmse_forces",
+}
 _SUMMARY_BLOCK = re.compile(r"-+(TEST )?Cycle last iteration:-+\n(.*?)\n-{20,}\n(.*?)\n-{20,}", re.DOTALL)
 _SUMMARY_ROW = re.compile(r"^\s*(RMSE|MAE|MAX_AE):\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$", re.MULTILINE)
 
@@ -125,7 +137,9 @@ def _summaries_from_log(text: str) -> dict[str, ErrorMetrics]:
     found: dict[str, ErrorMetrics] = {}
     for match in _SUMMARY_BLOCK.finditer(text):
         split = "test" if match.group(1) else "train"
-        rows = {m.group(1): [float(v) / 1000.0 for v in m.group(2, 3, 4, 5)] for m in _SUMMARY_ROW.finditer(match.group(3))}
+        rows = {
+            m.group(1): [float(v) / 1000.0 for v in m.group(2, 3, 4, 5)] for m in _SUMMARY_ROW.finditer(match.group(3))
+        }
         if "RMSE" not in rows:
             continue
         found[split] = ErrorMetrics(

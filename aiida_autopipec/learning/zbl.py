@@ -163,9 +163,7 @@ def _switched(
     return np.where(inside, energy, 0.0), np.where(inside, derivative, 0.0)
 
 
-def zbl_switched_energy(
-    r: ArrayLike, z1: ArrayLike, z2: ArrayLike, inner: ArrayLike, outer: ArrayLike
-) -> FloatArray:
+def zbl_switched_energy(r: ArrayLike, z1: ArrayLike, z2: ArrayLike, inner: ArrayLike, outer: ArrayLike) -> FloatArray:
     """Pair energy (eV) of LAMMPS ``pair_style zbl inner outer``: shifted, switched, 0 for r >= outer."""
     coefficients = zbl_switching_coefficients(z1, z2, inner, outer)
     return _switched(np.asarray(r, dtype=float), z1, z2, inner, outer, coefficients)[0]

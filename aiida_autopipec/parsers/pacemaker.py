@@ -1,4 +1,4 @@
-"""``PacemakerParser``: potential, metrics and learning curve from a Pacemaker run, and a distinct exit code per failure.
+"""``PacemakerParser``: potential, metrics and learning curve of a Pacemaker run; a distinct exit code per failure.
 
 Pacemaker writes errors to stderr only (never to log.txt) and may exit non-zero after writing a potential, so the
 exit code recorded by the job script decides success; stderr and the metrics tables tell which failure it was.
@@ -86,9 +86,7 @@ class PacemakerParser(Parser):
 
     def _parse_metrics(self, folder: Path) -> tuple[TrainingMetrics | None, str]:
         parameters = self.node.inputs.parameters.get_dict() if "parameters" in self.node.inputs else {}
-        log_parser = LogParser(
-            parameters.get("rmse_forces_threshold", 0.05), parameters.get("rmse_energy_threshold")
-        )
+        log_parser = LogParser(parameters.get("rmse_forces_threshold", 0.05), parameters.get("rmse_energy_threshold"))
         try:
             return log_parser.parse(folder), ""
         except (MetricsError, OSError, ValueError) as exc:
@@ -97,7 +95,9 @@ class PacemakerParser(Parser):
     def _potential(self, folder: Path) -> PotentialData:
         references = json.loads(self.node.base.repository.get_object_content(REFERENCE_ENERGIES_JSON))
         yace = set_reference_energies((folder / files.OUTPUT_POTENTIAL_YACE).read_text(), references)
-        return PotentialData(yace=yace, yaml=(folder / files.OUTPUT_POTENTIAL_YAML).read_text(), reference_energies=references)
+        return PotentialData(
+            yace=yace, yaml=(folder / files.OUTPUT_POTENTIAL_YAML).read_text(), reference_energies=references
+        )
 
     @staticmethod
     def _learning_curve(metrics: TrainingMetrics) -> orm.ArrayData:

@@ -56,9 +56,7 @@ def test_prepare_writes_dataset_input_and_references(generate_calc_job, inputs):
 
 def test_prepare_with_test_set_and_settings(generate_calc_job, inputs, emt_test_structures):
     inputs["test_set"] = TrainingSetData.from_ase(emt_test_structures)
-    inputs["settings"] = orm.Dict(
-        {"pacemaker": {"fit": {"loss": {"L1_coeffs": 1e-5}}}, "retrieve_predictions": True}
-    )
+    inputs["settings"] = orm.Dict({"pacemaker": {"fit": {"loss": {"L1_coeffs": 1e-5}}}, "retrieve_predictions": True})
     folder, calcinfo = generate_calc_job("autopipec.pacemaker", inputs)
     config = yaml.safe_load((folder / files.INPUT_YAML).read_text())
     assert config["data"] == {"filename": files.TRAINING_DATA, "test_filename": files.TEST_DATA}

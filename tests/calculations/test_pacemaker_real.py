@@ -72,7 +72,13 @@ def test_provenance_links(trained):
     graph.add_incoming(node)
     graph.add_outgoing(node)
     drawn = set(graph.nodes)
-    for linked in (test_set, node.inputs.training_set, node.inputs.parameters, results["potential"], results["metrics"]):
+    for linked in (
+        test_set,
+        node.inputs.training_set,
+        node.inputs.parameters,
+        results["potential"],
+        results["metrics"],
+    ):
         assert linked.pk in drawn
     curve = results["learning_curve"]
     assert curve.get_array("iteration")[-1] == 15

@@ -21,7 +21,6 @@ import yaml
 from aiida_autopipec.config import SystemConfig
 from aiida_autopipec.learning import files
 from aiida_autopipec.learning.config_gen import (
-    MIN_FUNCTIONS_PER_ELEMENT,
     ConfigError,
     PacemakerConfigGenerator,
     deep_merge,
@@ -136,11 +135,13 @@ def test_warm_start_rejects_basis_overrides_but_keeps_others():
 @pytest.mark.parametrize(
     ("num_structures", "num_atoms", "num_elements", "maximum", "expected"),
     [
-        (10, 80, 2, 300, 6),  # (10 + 240) / (10 * 2 * 2) = 6.25
-        (100, 400, 1, 300, 65),  # (100 + 1200) / (10 * 2 * 1) = 65
-        (1, 4, 2, 300, MIN_FUNCTIONS_PER_ELEMENT),  # 13 / 40 -> clipped up to 5
+        (10, 80, 2, 300, 6),  # (10 + 240) / (10 * 2 * 2) = 6.25 -> 6, a multiple of the 2 blocks per element
+        (100, 400, 1, 300, 65),  # (100 + 1200) / (10 * 2 * 1) = 65 (one block per element)
+        (1, 4, 2, 300, 4),  # 13 / 40 -> clipped up to 5 -> 4 (multiple of 2 blocks)
         (1000, 8000, 2, 300, 300),  # 625 -> clipped to the maximum
-        (1000, 8000, 2, 50, 50),
+        (1000, 8000, 2, 51, 50),  # 51 -> 50 (multiple of 2 blocks)
+        (1, 4, 4, 300, 8),  # 4 elements: 8 blocks per element, at least one function each
+        (100, 6400, 3, 302, 300),  # (100 + 19200) / 60 = 321 -> 302 -> 300, a multiple of 4 blocks
     ],
 )
 def test_number_of_functions_per_element_rule(num_structures, num_atoms, num_elements, maximum, expected):
@@ -148,11 +149,9 @@ def test_number_of_functions_per_element_rule(num_structures, num_atoms, num_ele
 
 
 def test_number_of_functions_per_element_grows_with_data_and_stays_clipped():
-    sizes = [
-        number_of_functions_per_element(n, 8 * n, 2, maximum=120) for n in (1, 10, 50, 100, 200, 400, 1000)
-    ]
+    sizes = [number_of_functions_per_element(n, 8 * n, 2, maximum=120) for n in (1, 10, 50, 100, 200, 400, 1000)]
     assert sizes == sorted(sizes)
-    assert sizes[0] == MIN_FUNCTIONS_PER_ELEMENT
+    assert sizes[0] == 4  # the minimum of 5, rounded down to a multiple of the 2 blocks per element
     assert sizes[-1] == 120
     assert len(set(sizes)) > 3
 
@@ -162,17 +161,31 @@ def test_automatic_basis_size_uses_the_data_size():
         return generate(**kwargs)["potential"]["functions"]["number_of_functions_per_element"]
 
     assert functions(num_structures=10, num_atoms=80) == 6
-    assert functions(num_structures=200, num_atoms=1600) == (200 + 4800) // 40
-    assert functions(num_structures=1000, num_atoms=8000, max_functions_per_element=77) == 77
-    assert functions(num_structures=1, num_atoms=4) == MIN_FUNCTIONS_PER_ELEMENT
+    assert functions(num_structures=200, num_atoms=1600) == (200 + 4800) // 40 // 2 * 2
+    assert functions(num_structures=1000, num_atoms=8000, max_functions_per_element=77) == 76
+    assert functions(num_structures=2, num_atoms=4, test_size=0.5) == 4
 
 
 def test_automatic_basis_size_reads_the_dataset_file(tmp_path):
     path = tmp_path / files.TRAINING_DATA
-    write_emt_dataset(path, 12, seed=3)  # 12 structures of 8 atoms: (12 + 3 * 96) / 40 = 7.5
+    write_emt_dataset(path, 12, seed=3)  # 12 structures of 8 atoms: (12 + 3 * 96) / 40 = 7.5 -> 6 (2 blocks)
     config = PacemakerConfigGenerator(SystemConfig(elements=ELEMENTS)).generate(path)
-    assert config["potential"]["functions"]["number_of_functions_per_element"] == 7
+    assert config["potential"]["functions"]["number_of_functions_per_element"] == 6
     assert config["data"]["filename"] == str(path)
+
+
+def test_too_few_functions_for_the_blocks_is_rejected():
+    # 3 elements: 4 basis blocks per element; 3 functions would leave blocks empty.
+    generator = PacemakerConfigGenerator(SystemConfig(elements=["Al", "Cu", "Ni"], number_of_functions_per_element=3))
+    with pytest.raises(ConfigError, match="fewer than the 4 basis blocks"):
+        generator.generate(files.TRAINING_DATA, num_structures=20, num_atoms=160)
+
+
+@pytest.mark.parametrize(("num_structures", "test_size"), [(8, 0.1), (3, 0.2), (10, 0.05)])
+def test_test_split_that_holds_out_nothing_is_rejected(num_structures, test_size):
+    generator = PacemakerConfigGenerator(SystemConfig(elements=ELEMENTS, test_size=test_size))
+    with pytest.raises(ConfigError, match="holds out 0"):
+        generator.generate(files.TRAINING_DATA, num_structures=num_structures, num_atoms=8 * num_structures)
 
 
 def test_explicit_number_of_functions_wins():
@@ -180,10 +193,7 @@ def test_explicit_number_of_functions_wins():
     assert config["potential"]["functions"]["number_of_functions_per_element"] == 11
     # no data size needed at all when the basis size is given
     generator = PacemakerConfigGenerator(SystemConfig(elements=ELEMENTS, number_of_functions_per_element=11))
-    assert (
-        generator.generate("missing.pckl.gzip")["potential"]["functions"]["number_of_functions_per_element"]
-        == 11
-    )
+    assert generator.generate("missing.pckl.gzip")["potential"]["functions"]["number_of_functions_per_element"] == 11
 
 
 def test_automatic_basis_size_without_data_size_is_an_error():
@@ -233,9 +243,7 @@ def test_overrides_are_deep_merged_into_the_generated_config():
 
 def test_generated_configs_share_no_state_with_the_overrides():
     overrides = {"fit": {"loss": {"w0_rad": 1e-4}}}
-    generator = PacemakerConfigGenerator(
-        SystemConfig(elements=ELEMENTS, number_of_functions_per_element=8), overrides
-    )
+    generator = PacemakerConfigGenerator(SystemConfig(elements=ELEMENTS, number_of_functions_per_element=8), overrides)
     first = generator.generate(files.TRAINING_DATA)
     first["fit"]["loss"]["w0_rad"] = 1.0
     first["potential"]["bonds"]["ALL"]["rcut"] = 1.0
@@ -271,9 +279,7 @@ def test_misspelt_override_keys_are_rejected_with_a_hint(overrides, where, sugge
 
 
 def test_top_level_cutoff_override_is_rejected():
-    with pytest.raises(
-        ConfigError, match=r"^cutoff: unknown key 'cutoff' \(Pacemaker would silently ignore it\)"
-    ):
+    with pytest.raises(ConfigError, match=r"^cutoff: unknown key 'cutoff' \(Pacemaker would silently ignore it\)"):
         PacemakerConfigGenerator(SystemConfig(elements=ELEMENTS), {"cutoff": 4.0})
 
 
@@ -366,10 +372,23 @@ def test_per_pair_bond_keys_are_accepted(key):
 
 @pytest.mark.parametrize("key", ["Foo", "AlXx", "alcu", "Al-Cu", "ALL_PAIRS", ""])
 def test_nonsense_species_keys_are_rejected(key):
-    with pytest.raises(ConfigError, match=r"is neither ALL/UNARY/BINARY/\.\.\. nor an element or pair"):
-        PacemakerConfigGenerator(
-            SystemConfig(elements=ELEMENTS), {"potential": {"bonds": {key: {"rcut": 4.6}}}}
-        )
+    with pytest.raises(ConfigError, match=r"is not honoured here"):
+        PacemakerConfigGenerator(SystemConfig(elements=ELEMENTS), {"potential": {"bonds": {key: {"rcut": 4.6}}}})
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "block"),
+    [
+        # Pacemaker silently ignores ternary bonds and rejects pair embeddings.
+        ("bonds", "TERNARY", {"rcut": 4.0}),
+        ("bonds", "AlCuAl", {"rcut": 4.0}),
+        ("embeddings", "BINARY", {"ndensity": 1}),
+        ("embeddings", "AlCu", {"ndensity": 1}),
+    ],
+)
+def test_species_keys_pacemaker_ignores_in_a_section_are_rejected(section, key, block):
+    with pytest.raises(ConfigError, match=rf"potential\.{section}\.{key}: .* is not honoured here"):
+        PacemakerConfigGenerator(SystemConfig(elements=ELEMENTS), {"potential": {section: {key: block}}})
 
 
 @pytest.mark.parametrize(
@@ -384,14 +403,10 @@ def test_block_keys_without_species_level_are_rejected(section, key, value):
 
 def test_per_species_blocks_are_checked_against_their_schema():
     overrides = {"potential": {"bonds": {"AlCu": {"rcutt": 4.6}}}}
-    with pytest.raises(
-        ConfigError, match=r"potential\.bonds\.AlCu\.rcutt: unknown key .*did you mean 'rcut'"
-    ):
+    with pytest.raises(ConfigError, match=r"potential\.bonds\.AlCu\.rcutt: unknown key .*did you mean 'rcut'"):
         PacemakerConfigGenerator(SystemConfig(elements=ELEMENTS), overrides)
     overrides = {"potential": {"functions": {"AlCu": {"number_of_functions_per_element": 3}}}}
-    with pytest.raises(
-        ConfigError, match=r"potential\.functions\.AlCu\.number_of_functions_per_element: unknown"
-    ):
+    with pytest.raises(ConfigError, match=r"potential\.functions\.AlCu\.number_of_functions_per_element: unknown"):
         PacemakerConfigGenerator(SystemConfig(elements=ELEMENTS), overrides)
 
 
@@ -409,9 +424,7 @@ def test_per_species_blocks_are_checked_against_their_schema():
 def test_generated_config_is_safe_yaml_and_round_trips(tmp_path, training):
     config = generate({"potential": {"bonds": {"Al Cu": {"rcut": 4.6}}}}, **training)
     assert yaml.safe_load(yaml.safe_dump(config)) == config
-    path = PacemakerConfigGenerator(SystemConfig(elements=ELEMENTS)).write(
-        tmp_path / files.INPUT_YAML, config
-    )
+    path = PacemakerConfigGenerator(SystemConfig(elements=ELEMENTS)).write(tmp_path / files.INPUT_YAML, config)
     text = path.read_text()
     assert "!!" not in text  # plain types only: no python/object or numpy tags
     assert yaml.safe_load(text) == config
@@ -420,9 +433,7 @@ def test_generated_config_is_safe_yaml_and_round_trips(tmp_path, training):
 
 def test_warm_start_config_is_safe_yaml():
     generator = PacemakerConfigGenerator(SystemConfig(elements=ELEMENTS, number_of_functions_per_element=8))
-    config = generator.generate(
-        Path(files.TRAINING_DATA), initial_potential_path=Path(files.INITIAL_POTENTIAL)
-    )
+    config = generator.generate(Path(files.TRAINING_DATA), initial_potential_path=Path(files.INITIAL_POTENTIAL))
     assert yaml.safe_load(yaml.safe_dump(config)) == config
 
 

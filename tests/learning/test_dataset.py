@@ -92,9 +92,7 @@ def test_from_atoms_with_emt_single_point_labels(emt_labelled):
 
 
 def test_from_atoms_with_extxyz_style_info_and_arrays(emt_labelled):
-    plain = [
-        _info_labelled(atoms, atoms.get_potential_energy(), atoms.get_forces()) for atoms in emt_labelled
-    ]
+    plain = [_info_labelled(atoms, atoms.get_potential_energy(), atoms.get_forces()) for atoms in emt_labelled]
     assert all(atoms.calc is None for atoms in plain)
     from_info = StructureArrays.from_atoms(plain)
     from_calc = StructureArrays.from_atoms(emt_labelled)

@@ -47,9 +47,7 @@ def test_convergence_thresholds():
     above, below = metrics.rmse_forces * 1.01, metrics.rmse_forces * 0.99
     assert LogParser(rmse_forces_threshold=above).parse(RECORDED / "success").is_converged
     assert not LogParser(rmse_forces_threshold=below).parse(RECORDED / "success").is_converged
-    energy_too_strict = LogParser(
-        rmse_forces_threshold=above, rmse_energy_threshold=metrics.rmse_energy * 0.5
-    )
+    energy_too_strict = LogParser(rmse_forces_threshold=above, rmse_energy_threshold=metrics.rmse_energy * 0.5)
     assert not energy_too_strict.parse(RECORDED / "success").is_converged
 
 
@@ -75,7 +73,7 @@ def test_killed_run_still_gives_a_learning_curve():
 
 def test_missing_metrics_is_a_clear_error(tmp_path):
     shutil.copy(RECORDED / "success" / files.LOG, tmp_path / files.LOG)
-    with pytest.raises(MetricsError, match="metrics.txt: missing"):
+    with pytest.raises(MetricsError, match=r"metrics\.txt: missing"):
         LogParser().parse(tmp_path)
     (tmp_path / files.TRAIN_METRICS).write_text("iter_num loss\n0 nonsense\n")
     with pytest.raises(MetricsError, match="not a numeric table"):

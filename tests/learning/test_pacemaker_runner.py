@@ -35,9 +35,7 @@ def test_train_returns_yace_with_reference_energies(tmp_path, emt_structures, em
 
 def test_failed_run_raises_with_stderr_tail(tmp_path, emt_structures):
     # A basis Pacemaker cannot build: it exits 1 with a traceback on stderr only.
-    generator = PacemakerConfigGenerator(
-        CONFIG, {"potential": {"embeddings": {"ALL": {"npot": "NoSuchEmbedding"}}}}
-    )
+    generator = PacemakerConfigGenerator(CONFIG, {"potential": {"embeddings": {"ALL": {"npot": "NoSuchEmbedding"}}}})
     with pytest.raises(PacemakerError, match="exited with status 1") as error:
         PacemakerRunner(generator, tmp_path).train(emt_structures[:6])
     assert "NoSuchEmbedding" in str(error.value) or "Traceback" in str(error.value)

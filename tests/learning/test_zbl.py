@@ -77,9 +77,7 @@ def tiny_cell() -> Atoms:
 # --- the pair functions ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("r", "z1", "z2"), [(1.0, Z_AL, Z_CU), (0.3, Z_AL, Z_AL), (2.5, Z_CU, Z_CU), (1.7, 1, 74)]
-)
+@pytest.mark.parametrize(("r", "z1", "z2"), [(1.0, Z_AL, Z_CU), (0.3, Z_AL, Z_AL), (2.5, Z_CU, Z_CU), (1.7, 1, 74)])
 def test_pair_energy_matches_hand_written_formula(r: float, z1: int, z2: int) -> None:
     assert zbl_pair_energy(r, z1, z2) == pytest.approx(reference_zbl_energy(r, z1, z2), rel=1e-13)
     assert zbl_pair_energy(r, z2, z1) == pytest.approx(reference_zbl_energy(r, z1, z2), rel=1e-13)
@@ -146,12 +144,8 @@ def test_switched_energy_is_smooth_at_inner_cutoff_and_shifted_inside() -> None:
     z1, z2 = Z_CU, Z_CU
     _, _, c = zbl_switching_coefficients(z1, z2, INNER, OUTER)
     r = np.array([0.5, 1.0, 2.0, INNER])
-    np.testing.assert_allclose(
-        zbl_switched_energy(r, z1, z2, INNER, OUTER), zbl_pair_energy(r, z1, z2) + c, rtol=1e-14
-    )
-    np.testing.assert_array_equal(
-        zbl_switched_derivative(r, z1, z2, INNER, OUTER), zbl_pair_derivative(r, z1, z2)
-    )
+    np.testing.assert_allclose(zbl_switched_energy(r, z1, z2, INNER, OUTER), zbl_pair_energy(r, z1, z2) + c, rtol=1e-14)
+    np.testing.assert_array_equal(zbl_switched_derivative(r, z1, z2, INNER, OUTER), zbl_pair_derivative(r, z1, z2))
     h = 1e-6
     left, right = zbl_switched_energy([INNER - h, INNER + h], z1, z2, INNER, OUTER)
     assert abs(left - right) < 1e-5
@@ -160,12 +154,9 @@ def test_switched_energy_is_smooth_at_inner_cutoff_and_shifted_inside() -> None:
     # The switched derivative is the derivative of the switched energy, across the whole range.
     r = np.linspace(0.5, OUTER - 1e-3, 60)
     numerical = (
-        zbl_switched_energy(r + 1e-5, z1, z2, INNER, OUTER)
-        - zbl_switched_energy(r - 1e-5, z1, z2, INNER, OUTER)
+        zbl_switched_energy(r + 1e-5, z1, z2, INNER, OUTER) - zbl_switched_energy(r - 1e-5, z1, z2, INNER, OUTER)
     ) / 2e-5
-    np.testing.assert_allclose(
-        zbl_switched_derivative(r, z1, z2, INNER, OUTER), numerical, rtol=1e-7, atol=1e-9
-    )
+    np.testing.assert_allclose(zbl_switched_derivative(r, z1, z2, INNER, OUTER), numerical, rtol=1e-7, atol=1e-9)
 
 
 def test_equal_cutoffs_give_a_plain_energy_shift_like_lammps() -> None:
@@ -248,9 +239,7 @@ def test_periodic_images_are_summed_explicitly() -> None:
             zi, zj = atoms.numbers[i], atoms.numbers[j]
             expected += 0.5 * float(zbl_switched_energy(r, zi, zj, INNER, OUTER))
     assert atoms.get_potential_energy() == pytest.approx(expected, rel=1e-12)
-    np.testing.assert_allclose(
-        atoms.get_stress(), calculate_numerical_stress(atoms, eps=1e-6), rtol=1e-6, atol=1e-7
-    )
+    np.testing.assert_allclose(atoms.get_stress(), calculate_numerical_stress(atoms, eps=1e-6), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("make", [alcu_cell, tiny_cell])
@@ -329,9 +318,7 @@ def run_lammps(atoms: Atoms, pair_lines: list[str], workdir: Path) -> dict[str, 
     binary = _lammps_binary()
     cell = atoms.cell.array
     assert np.allclose(cell[np.triu_indices(3, 1)], 0.0), "use LAMMPS' lower-triangular cell orientation"
-    write(
-        workdir / "data.lmp", atoms, format="lammps-data", specorder=["Al", "Cu"], masses=True, units="metal"
-    )
+    write(workdir / "data.lmp", atoms, format="lammps-data", specorder=["Al", "Cu"], masses=True, units="metal")
     boundary = " ".join("p" if p else "f" for p in atoms.pbc)
     values = " ".join(f"$({key}:%.17g)" for key in ("pe", "pxx", "pyy", "pzz", "pyz", "pxz", "pxy"))
     script = "\n".join(

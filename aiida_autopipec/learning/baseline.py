@@ -1,0 +1,104 @@
+"""Short-range safety: per-pair repulsion cutoffs from physics and data, and the dimer-curve check.
+
+Rule (documented in docs/zbl.md), for every element pair (i, j), distances in Å:
+
+* ``R_ij``: sum of the covalent radii (ASE's table);
+* ``d_ij``: shortest i–j distance in the training data (``R_ij`` if the pair never comes closer than 1.5 R_ij);
+* ``outer_ij = min(0.9 d_ij, R_ij)``: the repulsive core is fully off at 90 % of the shortest distance seen,
+  so it never touches the fitted data and Pacemaker's metrics stay honest;
+* ``inner_ij = 0.75 outer_ij``: below it the repulsion is pure ZBL.
+
+For metals (``d_ij`` above ~2.2 Å) this puts ``inner_ij`` above 1.5 Å, so the model is pure ZBL, strongly
+repulsive, for every r < 1.5 Å.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "INNER_FRACTION",
+    "OUTER_FRACTION",
+    "check_dimer_curves",
+    "pair_key",
+    "shortest_pair_distances",
+    "zbl_pair_cutoffs",
+]
+
+OUTER_FRACTION = 0.9  # of the shortest distance in the data
+INNER_FRACTION = 0.75  # of the outer cutoff
+
+
+def pair_key(first: str, second: str) -> str:
+    """``'Al-Cu'``: the two symbols sorted and joined, so each unordered pair has one key."""
+    return "-".join(sorted((first, second)))
+
+
+def covalent_sum(first: str, second: str) -> float:
+    from ase.data import atomic_numbers, covalent_radii
+
+    return float(covalent_radii[atomic_numbers[first]] + covalent_radii[atomic_numbers[second]])
+
+
+def shortest_pair_distances(structures: Sequence[Any], elements: Sequence[str]) -> dict[str, float]:
+    """Shortest distance (Å) of every element pair in ``structures`` (ASE Atoms), periodic images included.
+
+    Pairs that never come closer than 1.5 times their covalent-radius sum are left out.
+    """
+    from ase.neighborlist import neighbor_list
+
+    search = {pair_key(a, b): 1.5 * covalent_sum(a, b) for a in elements for b in elements}
+    cutoff = max(search.values())
+    shortest: dict[str, float] = {}
+    for atoms in structures:
+        if len(atoms) < 2 and not atoms.pbc.any():
+            continue
+        first, second, distance = neighbor_list("ijd", atoms, cutoff)
+        symbols = np.asarray(atoms.get_chemical_symbols())
+        for a, b, d in zip(symbols[first], symbols[second], distance, strict=True):
+            key = pair_key(a, b)
+            if d < search.get(key, 0.0) and d < shortest.get(key, np.inf):
+                shortest[key] = float(d)
+    return shortest
+
+
+def zbl_pair_cutoffs(elements: Sequence[str], shortest: Mapping[str, float]) -> dict[str, tuple[float, float]]:
+    """``{pair: (inner, outer)}`` in Å for every element pair, by the rule in the module docstring."""
+    cutoffs = {}
+    for i, first in enumerate(elements):
+        for second in elements[i:]:
+            key = pair_key(first, second)
+            radius_sum = covalent_sum(first, second)
+            outer = min(OUTER_FRACTION * shortest.get(key, radius_sum / OUTER_FRACTION), radius_sum)
+            cutoffs[key] = (round(INNER_FRACTION * outer, 4), round(outer, 4))
+    return cutoffs
+
+
+def check_dimer_curves(
+    curves: Mapping[str, Mapping[str, Sequence[float]]], cutoffs: Mapping[str, tuple[float, float]]
+) -> dict[str, list[str]]:
+    """Violations per pair: below the pair's inner cutoff the energy must fall monotonically with r and the force
+    must push the atoms apart. Returns ``{pair: [problems]}``; an empty dict means every pair passed.
+    """
+    violations: dict[str, list[str]] = {}
+    for key, curve in curves.items():
+        r = np.asarray(curve["r"])
+        energy = np.asarray(curve["energy"])
+        force = np.asarray(curve["force"])
+        inner = cutoffs[key][0]
+        below = r < inner
+        problems = []
+        if not np.isfinite(energy).all() or not np.isfinite(force).all():
+            problems.append("energy or force is not finite")
+        rising = np.flatnonzero(np.diff(energy[below]) >= 0)
+        if len(rising):
+            problems.append(f"energy does not decrease with r at r = {r[below][rising[0]]:.2f} Å (< {inner:.2f} Å)")
+        attractive = np.flatnonzero(force[below] <= 0)
+        if len(attractive):
+            problems.append(f"force is not repulsive at r = {r[below][attractive[0]]:.2f} Å (< {inner:.2f} Å)")
+        if problems:
+            violations[key] = problems
+    return violations

@@ -1,0 +1,131 @@
+"""Evaluate the delivered model where it was fitted: honest errors and dimer curves.
+
+Pacemaker reports errors of the model *before* its core repulsion is applied. This script evaluates the ``.yace``
+as delivered (ACE + repulsion, plus the ZBL baseline in delta mode) on Pacemaker's own train/test split, and
+computes the energy of every element pair as a dimer from 0.3 Å to the cutoff.
+
+It runs on the compute side, next to ``pacemaker``, and needs only numpy, pandas, ase, pyace and a copy of
+``zbl.py`` in the same folder (the CalcJob puts both there), so aiida-autopipec need not be installed there::
+
+    python evaluate_model.py evaluation_input.json
+
+Units: energies eV (errors eV/atom), forces eV/Å (errors per component), distances Å.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    from aiida_autopipec.learning.zbl import zbl_switched_derivative, zbl_switched_energy
+except ImportError:  # run as a standalone script next to a copy of zbl.py
+    from zbl import zbl_switched_derivative, zbl_switched_energy  # type: ignore[no-redef]
+
+#: Name of the input file the job writes and of the results file this script writes.
+INPUT_JSON = "evaluation_input.json"
+OUTPUT_JSON = "evaluation.json"
+DIMER_MIN_DISTANCE = 0.3  # Å
+DIMER_STEP = 0.01  # Å
+
+
+def _pair_key(first: str, second: str) -> str:
+    return "-".join(sorted((first, second)))
+
+
+def baseline_pair_energy(baseline: dict | None, first: str, second: str, r: np.ndarray) -> tuple[np.ndarray, ...]:
+    """ZBL baseline energy (eV) and dE/dr (eV/Å) of one pair at distances ``r``; zero without a baseline."""
+    if not baseline:
+        return np.zeros_like(r), np.zeros_like(r)
+    from ase.data import atomic_numbers
+
+    inner, outer = baseline["pair_cutoffs"][_pair_key(first, second)]
+    z1, z2 = atomic_numbers[first], atomic_numbers[second]
+    return zbl_switched_energy(r, z1, z2, inner, outer), zbl_switched_derivative(r, z1, z2, inner, outer)
+
+
+def errors(calculator, frame) -> dict[str, float] | None:
+    """RMSE/MAE/max of energy per atom (eV/atom) and force components (eV/Å) of ``calculator`` on ``frame``.
+
+    ``frame`` holds what was fitted: ``energy_corrected`` and ``forces`` (residuals of the baseline in delta mode),
+    and the ``.yace`` has ``E0 = 0`` here, so these are the errors of the total model.
+    """
+    if frame is None or len(frame) == 0:
+        return None
+    energy_errors, force_errors = [], []
+    for atoms, energy, forces in zip(frame["ase_atoms"], frame["energy_corrected"], frame["forces"], strict=True):
+        atoms = atoms.copy()
+        atoms.calc = calculator
+        energy_errors.append((atoms.get_potential_energy() - energy) / len(atoms))
+        force_errors.append((atoms.get_forces() - np.asarray(forces)).ravel())
+    energy_errors = np.abs(np.asarray(energy_errors))
+    force_errors = np.abs(np.concatenate(force_errors))
+    return {
+        "rmse_energy": float(np.sqrt(np.mean(energy_errors**2))),
+        "mae_energy": float(np.mean(energy_errors)),
+        "max_energy": float(np.max(energy_errors)),
+        "rmse_forces": float(np.sqrt(np.mean(force_errors**2))),
+        "mae_forces": float(np.mean(force_errors)),
+        "max_forces": float(np.max(force_errors)),
+    }
+
+
+def dimer_curves(calculator, elements: list[str], cutoff: float, baseline: dict | None) -> dict[str, dict[str, Any]]:
+    """Energy (relative to separated atoms, eV) and force on the second atom along the bond (eV/Å, > 0 repulsive)."""
+    from ase import Atoms
+
+    distances = np.arange(DIMER_MIN_DISTANCE, cutoff + 1e-9, DIMER_STEP)
+    curves = {}
+    for i, first in enumerate(elements):
+        for second in elements[i:]:
+            energies, forces = [], []
+            for r in distances:
+                dimer = Atoms([first, second], positions=[[0, 0, 0], [r, 0, 0]], cell=[40, 40, 40], pbc=False)
+                dimer.calc = calculator
+                energies.append(dimer.get_potential_energy())
+                forces.append(dimer.get_forces()[1, 0])
+            far = Atoms([first, second], positions=[[0, 0, 0], [cutoff + 5.0, 0, 0]], cell=[40, 40, 40], pbc=False)
+            far.calc = calculator
+            baseline_energy, baseline_derivative = baseline_pair_energy(baseline, first, second, distances)
+            curves[_pair_key(first, second)] = {
+                "r": distances.tolist(),
+                "energy": (np.asarray(energies) - far.get_potential_energy() + baseline_energy).tolist(),
+                "force": (np.asarray(forces) - baseline_derivative).tolist(),
+            }
+    return curves
+
+
+def evaluate(folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """Errors on Pacemaker's train/test split and dimer curves of the delivered model."""
+    import pandas as pd
+    from pyace import PyACECalculator
+
+    calculator = PyACECalculator(str(folder / settings["potential"]))
+    frames = {}
+    for split in ("train", "test"):
+        path = folder / settings["datasets"][split]
+        frames[split] = pd.read_pickle(path, compression="gzip") if path.is_file() else None
+    return {
+        "evaluator": "pyace.PyACECalculator on the delivered .yace"
+        + (" + ZBL baseline" if settings["baseline"] else ""),
+        "train": errors(calculator, frames["train"]),
+        "test": errors(calculator, frames["test"]),
+        "dimers": dimer_curves(calculator, settings["elements"], settings["cutoff"], settings["baseline"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    input_path = Path(argv[0] if argv else INPUT_JSON)
+    settings = json.loads(input_path.read_text())
+    results = evaluate(input_path.parent, settings)
+    (input_path.parent / OUTPUT_JSON).write_text(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
