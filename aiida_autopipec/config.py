@@ -79,6 +79,17 @@ class TrainingConfig(BaseModel):
             "delivered potential; 'fit' determines them by least squares from the training energies."
         ),
     )
+    baseline: Literal["none", "core_repulsion", "zbl_delta"] = Field(
+        "core_repulsion",
+        description=(
+            "Short-range repulsion: 'core_repulsion' blends Pacemaker's ZBL core into ACE below each pair's data, "
+            "'zbl_delta' fits ACE to the residual of a ZBL baseline (E_total = E_ZBL + E_ACE), 'none' adds nothing."
+        ),
+    )
+    zbl_cutoffs: dict[str, tuple[float, float]] | None = Field(
+        None,
+        description="Per-pair (inner, outer) repulsion cutoffs in Å, keys like 'Al-Cu'; overrides the automatic rule.",
+    )
     rmse_forces_threshold: float = Field(
         0.05, gt=0.0, description="Converged when the force RMSE (eV/Å, per component) is below this."
     )
@@ -94,6 +105,19 @@ class TrainingConfig(BaseModel):
             bad = {k: v for k, v in value.items() if v != v or v in (float("inf"), float("-inf"))}
             if bad:
                 raise ValueError(f"reference_energies: values must be finite numbers, got {bad!r}")
+        return value
+
+    @field_validator("zbl_cutoffs")
+    @classmethod
+    def _check_zbl_cutoffs(cls, value: dict | None) -> dict | None:
+        for key, (inner, outer) in (value or {}).items():
+            if key.count("-") != 1:
+                raise ValueError(f"zbl_cutoffs: key '{key}' must name a pair like 'Al-Cu'")
+            first, second = key.split("-")
+            validate_element_symbols([first], f"zbl_cutoffs key '{key}'")
+            validate_element_symbols([second], f"zbl_cutoffs key '{key}'")
+            if not 0 < inner <= outer:
+                raise ValueError(f"zbl_cutoffs: '{key}' needs 0 < inner <= outer (Å), got ({inner}, {outer})")
         return value
 
     @model_validator(mode="after")
@@ -140,6 +164,10 @@ class SystemConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_reference_energies_cover_elements(self) -> SystemConfig:
+        for key in self.training.zbl_cutoffs or {}:
+            unknown = sorted(set(key.split("-")) - set(self.elements))
+            if unknown:
+                raise ValueError(f"training.zbl_cutoffs: '{key}' names element(s) {unknown} not in elements")
         references = self.training.reference_energies
         if isinstance(references, dict):
             missing = sorted(set(self.elements) - set(references))

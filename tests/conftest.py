@@ -88,17 +88,31 @@ def generate_calc_job(tmp_path):
 def generate_calc_job_node(local_computer):
     """A stored CalcJobNode whose ``retrieved`` folder holds a recorded real Pacemaker run."""
 
-    def factory(case: str, parameters: dict | None = None, reference_energies: dict | None = None):
+    def factory(
+        case: str,
+        parameters: dict | None = None,
+        reference_energies: dict | None = None,
+        evaluation_overrides: dict | None = None,
+    ):
         from aiida import orm
         from aiida.common import LinkType
 
+        from aiida_autopipec.learning import files
         from aiida_autopipec.learning.pacemaker import REFERENCE_ENERGIES_JSON
 
         node = orm.CalcJobNode(computer=local_computer, process_type="aiida.calculations:autopipec.pacemaker")
         node.set_option("resources", {"num_machines": 1, "num_mpiprocs_per_machine": 1})
         node.base.links.add_incoming(orm.Dict(parameters or {}).store(), LinkType.INPUT_CALC, "parameters")
-        references = reference_energies or {"Al": -3.0, "Cu": -3.5}
+        # Inputs the CalcJob wrote into its folder: recorded with the case, or defaults for failing runs.
+        recorded_references = RECORDED / case / REFERENCE_ENERGIES_JSON
+        references = reference_energies or (
+            json.loads(recorded_references.read_text()) if recorded_references.is_file() else {"Al": -3.0, "Cu": -3.5}
+        )
         node.base.repository.put_object_from_bytes(json.dumps(references).encode(), REFERENCE_ENERGIES_JSON)
+        if (RECORDED / case / files.EVALUATION_INPUT).is_file():
+            evaluation = json.loads((RECORDED / case / files.EVALUATION_INPUT).read_text())
+            evaluation.update(evaluation_overrides or {})
+            node.base.repository.put_object_from_bytes(json.dumps(evaluation).encode(), files.EVALUATION_INPUT)
         node.store()
         retrieved = orm.FolderData()
         retrieved.base.repository.put_object_from_tree(str(RECORDED / case))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -15,12 +14,8 @@ from aiida_autopipec.config import SystemConfig
 from aiida_autopipec.data import PotentialData, TrainingSetData
 from aiida_autopipec.learning import files
 from aiida_autopipec.learning.config_gen import ConfigError, PacemakerConfigGenerator
-from aiida_autopipec.learning.dataset import DatasetError, write_pacemaker_dataset
-from aiida_autopipec.learning.pacemaker import (
-    REFERENCE_ENERGIES_JSON,
-    post_fit_script,
-    resolve_reference_energies,
-)
+from aiida_autopipec.learning.dataset import DatasetError
+from aiida_autopipec.learning.pacemaker import post_fit_script, prepare_fit
 
 __all__ = ["PacemakerCalculation", "system_config_from_inputs"]
 
@@ -29,6 +24,7 @@ SETTINGS_KEYS = {
     "pacemaker": "expert overrides deep-merged into Pacemaker's input.yaml (checked against its schema)",
     "retrieve_predictions": "also retrieve Pacemaker's prediction pickles (several MB)",
     "yaml2yace_executable": "path of pace_yaml2yace on the computer (default: next to the pacemaker executable)",
+    "python_executable": "Python with pyace on the computer, runs the evaluation (default: next to pacemaker)",
 }
 
 
@@ -79,6 +75,14 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
     initial = inputs.get("initial_potential")
     if initial is not None and sorted(initial.elements) != sorted(config.elements):
         return f"initial_potential: covers {initial.elements} but the fit needs {config.elements}"
+    if (
+        initial is not None
+        and (initial.short_range or {}).get("mode", config.training.baseline) != config.training.baseline
+    ):
+        return (
+            f"initial_potential: was fitted with baseline '{initial.short_range['mode']}', "
+            f"cannot continue it with baseline '{config.training.baseline}'"
+        )
     return None
 
 
@@ -134,6 +138,12 @@ class PacemakerCalculation(CalcJob):
             required=False,
             help="Loss and RMSEs per displayed iteration (train and test).",
         )
+        spec.output(
+            "dimer_curves",
+            valid_type=orm.ArrayData,
+            required=False,
+            help="Energy (eV) and force (eV/Å) of every element pair as a dimer, 0.3 Å to the cutoff.",
+        )
         spec.default_output_node = "metrics"
 
         spec.exit_code(
@@ -153,41 +163,32 @@ class PacemakerCalculation(CalcJob):
         spec.exit_code(310, "ERROR_NO_POTENTIAL", message="pacemaker exited normally but wrote no {filename}")
         spec.exit_code(311, "ERROR_YACE_CONVERSION", message="converting the potential to .yace failed: {log_tail}")
         spec.exit_code(320, "ERROR_METRICS_MISSING", message="the fit metrics are missing or unreadable: {error}")
+        spec.exit_code(330, "ERROR_EVALUATION_FAILED", message="evaluating the delivered model failed: {log_tail}")
+        spec.exit_code(
+            340,
+            "ERROR_UNSAFE_SHORT_RANGE",
+            message="the potential is not repulsive at short range (dimer check): {details}",
+        )
 
     def prepare_for_submission(self, folder) -> datastructures.CalcInfo:
-        """Write the datasets (Pacemaker pickle, only here), input.yaml and the reference energies."""
+        """Write the datasets (Pacemaker pickle, only here), input.yaml, reference energies and evaluation input."""
         training_set = self.inputs.training_set
         test_set = self.inputs.get("test_set")
         initial = self.inputs.get("initial_potential")
         settings = self.inputs.settings.get_dict() if "settings" in self.inputs else {}
         config = system_config_from_inputs(self.inputs.parameters.get_dict(), training_set, test_set)
-        generator = PacemakerConfigGenerator(config, settings.get("pacemaker"))
-
-        arrays = training_set.get_arrays()
-        references = resolve_reference_energies(
-            config.training,
-            arrays,
-            config.elements,
-            initial.reference_energies if initial is not None else None,
-        )
-        write_pacemaker_dataset(folder.get_abs_path(files.TRAINING_DATA), arrays, references)
-        if test_set is not None:
-            write_pacemaker_dataset(folder.get_abs_path(files.TEST_DATA), test_set.get_arrays(), references)
-        if initial is not None:
-            folder.create_file_from_filelike(_bytes_io(initial.get_yaml()), files.INITIAL_POTENTIAL, mode="wb")
         try:
-            input_yaml = generator.generate(
-                files.TRAINING_DATA,
-                test_dataset_path=files.TEST_DATA if test_set is not None else None,
-                initial_potential_path=files.INITIAL_POTENTIAL if initial is not None else None,
-                num_structures=arrays.num_structures,
-                num_atoms=arrays.num_atoms,
+            prepare_fit(
+                folder.abspath,
+                PacemakerConfigGenerator(config, settings.get("pacemaker")),
+                training_set.get_arrays(),
+                test_set.get_arrays() if test_set is not None else None,
+                initial.get_yaml() if initial is not None else None,
+                initial.reference_energies if initial is not None else None,
+                (initial.short_range or {}).get("pair_cutoffs") if initial is not None else None,
             )
         except (ConfigError, DatasetError) as exc:  # should have been caught by the validator
             raise ValueError(str(exc)) from exc
-        generator.write(folder.get_abs_path(files.INPUT_YAML), input_yaml)
-        with folder.open(REFERENCE_ENERGIES_JSON, "w") as handle:
-            json.dump(references, handle, indent=2)
 
         codeinfo = datastructures.CodeInfo()
         codeinfo.code_uuid = self.inputs.code.uuid
@@ -197,8 +198,11 @@ class PacemakerCalculation(CalcJob):
 
         calcinfo = datastructures.CalcInfo()
         calcinfo.codes_info = [codeinfo]
-        # Right after the code line: `$?` is pacemaker's exit code; then convert on the compute side.
-        calcinfo.append_text = post_fit_script(settings.get("yaml2yace_executable") or self._yaml2yace())
+        # Right after the code line: `$?` is pacemaker's exit code; then convert and evaluate on the compute side.
+        calcinfo.append_text = post_fit_script(
+            settings.get("yaml2yace_executable") or self._next_to_pacemaker("pace_yaml2yace"),
+            settings.get("python_executable") or self._next_to_pacemaker("python"),
+        )
         calcinfo.retrieve_list = list(files.RETRIEVE_LIST)
         if settings.get("retrieve_predictions"):
             calcinfo.retrieve_list += [files.TRAIN_PREDICTIONS, files.TEST_PREDICTIONS]
@@ -206,16 +210,9 @@ class PacemakerCalculation(CalcJob):
         calcinfo.provenance_exclude_list = [files.TRAINING_DATA, files.TEST_DATA]
         return calcinfo
 
-    def _yaml2yace(self) -> str:
-        """``pace_yaml2yace`` from the same installation as the ``pacemaker`` executable of the code."""
-        code = self.inputs.code
-        executable = getattr(code, "filepath_executable", None)
+    def _next_to_pacemaker(self, name: str) -> str:
+        """``name`` (``pace_yaml2yace``, ``python``) from the installation of the code's ``pacemaker``."""
+        executable = getattr(self.inputs.code, "filepath_executable", None)
         if executable is not None and PurePosixPath(str(executable)).is_absolute():
-            return str(PurePosixPath(str(executable)).parent / "pace_yaml2yace")
-        return "pace_yaml2yace"
-
-
-def _bytes_io(text: str):
-    import io
-
-    return io.BytesIO(text.encode())
+            return str(PurePosixPath(str(executable)).parent / name)
+        return name

@@ -6,14 +6,16 @@ Rule (documented in docs/zbl.md), for every element pair (i, j), distances in Å
 * ``d_ij``: shortest i–j distance in the training data (``R_ij`` if the pair never comes closer than 1.5 R_ij);
 * ``outer_ij = min(0.9 d_ij, R_ij)``: the repulsive core is fully off at 90 % of the shortest distance seen,
   so it never touches the fitted data and Pacemaker's metrics stay honest;
-* ``inner_ij = 0.75 outer_ij``: below it the repulsion is pure ZBL.
+* ``inner_ij = max(0.75 outer_ij, min(1.5 Å, 0.9 outer_ij))``: below it the repulsion is pure ZBL; the switching
+  region keeps at least 10 % of ``outer_ij``.
 
-For metals (``d_ij`` above ~2.2 Å) this puts ``inner_ij`` above 1.5 Å, so the model is pure ZBL, strongly
+For metals (``d_ij`` above ~1.9 Å) this puts ``inner_ij`` at or above 1.5 Å, so the model is pure ZBL, strongly
 repulsive, for every r < 1.5 Å.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +32,8 @@ __all__ = [
 
 OUTER_FRACTION = 0.9  # of the shortest distance in the data
 INNER_FRACTION = 0.75  # of the outer cutoff
+MAX_INNER_FRACTION = 0.9  # of the outer cutoff: the switching region is never narrower than this leaves
+PURE_ZBL_BELOW = 1.5  # Å: pure ZBL below this distance wherever the data allow it
 
 
 def pair_key(first: str, second: str) -> str:
@@ -73,7 +77,9 @@ def zbl_pair_cutoffs(elements: Sequence[str], shortest: Mapping[str, float]) -> 
             key = pair_key(first, second)
             radius_sum = covalent_sum(first, second)
             outer = min(OUTER_FRACTION * shortest.get(key, radius_sum / OUTER_FRACTION), radius_sum)
-            cutoffs[key] = (round(INNER_FRACTION * outer, 4), round(outer, 4))
+            inner = max(INNER_FRACTION * outer, min(PURE_ZBL_BELOW, MAX_INNER_FRACTION * outer))
+            # rounded to 0.1 mÅ: outer down (stays below the data), inner up (keeps 1.5 Å where the rule gives it)
+            cutoffs[key] = (math.ceil(round(inner * 1e4, 6)) / 1e4, math.floor(outer * 1e4) / 1e4)
     return cutoffs
 
 

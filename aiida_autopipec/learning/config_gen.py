@@ -13,13 +13,14 @@ import difflib
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from aiida_autopipec.config import SystemConfig
+from aiida_autopipec.learning.baseline import pair_key, shortest_pair_distances, zbl_pair_cutoffs
 
 __all__ = ["ConfigError", "PacemakerConfigGenerator", "deep_merge", "number_of_functions_per_element"]
 
@@ -252,6 +253,7 @@ class PacemakerConfigGenerator:
             config = SystemConfig.model_validate(config)
         self.config = config
         self.overrides = dict(overrides or {})
+        self.zbl_params: dict[str, tuple[float, float]] = {}
         for (section, key), reason in MANAGED_KEYS.items():
             if isinstance(self.overrides.get(section), Mapping) and key in self.overrides[section]:
                 raise ConfigError(f"{section}.{key}: cannot be overridden ({reason})")
@@ -285,15 +287,29 @@ class PacemakerConfigGenerator:
         initial_potential_path: str | os.PathLike | None = None,
         num_structures: int | None = None,
         num_atoms: int | None = None,
+        shortest_distances: Mapping[str, float] | None = None,
+        zbl_params: Mapping[str, Sequence[float]] | None = None,
     ) -> dict[str, Any]:
         """The input.yaml content as a dict. Paths are written as given (relative paths stay relative).
 
-        The data size (for the automatic basis size) is read from ``dataset_path`` when not given.
+        What the generator needs to know about the data (its size for the automatic basis, the shortest distance
+        per element pair for the repulsion cutoffs, see :meth:`_get_zbl_params`) is read from ``dataset_path``
+        when not given.
         """
         training = self.config.training
-        automatic_basis = training.number_of_functions_per_element is None and initial_potential_path is None
-        if automatic_basis and (num_structures is None or num_atoms is None):
-            num_structures, num_atoms = _dataset_size(dataset_path)
+        fresh_basis = initial_potential_path is None
+        needs_size = training.number_of_functions_per_element is None and fresh_basis
+        # The repulsion cutoffs are needed in every mode: 'none' is still checked against them afterwards.
+        needs_distances = zbl_params is None and shortest_distances is None
+        if (needs_size and (num_structures is None or num_atoms is None)) or needs_distances:
+            structures = _read_structures(dataset_path)
+            num_structures, num_atoms = len(structures), sum(len(atoms) for atoms in structures)
+            if needs_distances:
+                shortest_distances = shortest_pair_distances(structures, self.config.elements)
+        if zbl_params is not None:  # a warm start keeps the cutoffs of the potential it continues
+            self.zbl_params = {key: (float(v[0]), float(v[1])) for key, v in zbl_params.items()}
+        else:
+            self.zbl_params = self._get_zbl_params(shortest_distances)
         data: dict[str, Any] = {"filename": str(dataset_path)}
         if test_dataset_path is not None:
             data["test_filename"] = str(test_dataset_path)
@@ -339,9 +355,32 @@ class PacemakerConfigGenerator:
         check_values(config)
         return config
 
+    def _get_zbl_params(self, shortest_distances: Mapping[str, float] | None = None) -> dict[str, tuple[float, float]]:
+        """Per element pair ``(inner, outer)`` repulsion cutoffs in Å, keyed ``'Al-Cu'``.
+
+        From covalent radii and the shortest distance of each pair in the training data (rule in
+        :mod:`aiida_autopipec.learning.baseline`); ``TrainingConfig.zbl_cutoffs`` overrides single pairs.
+        """
+        params = zbl_pair_cutoffs(self.config.elements, shortest_distances or {})
+        for key, value in (self.config.training.zbl_cutoffs or {}).items():
+            params[pair_key(*key.split("-"))] = (float(value[0]), float(value[1]))
+        return params
+
+    def _repulsion_bonds(self) -> dict[str, dict[str, Any]]:
+        """Pacemaker's own ZBL core per pair: pure ZBL below ``inner``, blended into ACE up to ``outer``."""
+        bonds = {}
+        for key, (inner, outer) in self.zbl_params.items():
+            bonds["".join(key.split("-"))] = {
+                "r_in": outer,
+                "delta_in": round(outer - inner, 6),
+                "inner_cutoff_type": "zbl",
+                "core-repulsion": [1.0, 1.0],
+            }
+        return bonds
+
     def _potential_section(self, initial_potential_path, num_structures, num_atoms) -> dict[str, Any] | str:
         if initial_potential_path is not None:
-            # Warm start: Pacemaker continues from this B-basis (same basis, previous coefficients).
+            # Warm start: Pacemaker continues from this B-basis (same basis and repulsion, previous coefficients).
             return str(initial_potential_path)
         functions: dict[str, Any] = {
             "number_of_functions_per_element": self.functions_per_element(num_structures, num_atoms),
@@ -368,7 +407,8 @@ class PacemakerConfigGenerator:
                     "rcut": self.config.training.cutoff,
                     "dcut": 0.01,
                     "NameOfCutoffFunction": "cos",
-                }
+                },
+                **(self._repulsion_bonds() if self.config.training.baseline == "core_repulsion" else {}),
             },
             "functions": functions,
         }
@@ -380,9 +420,8 @@ class PacemakerConfigGenerator:
         return path
 
 
-def _dataset_size(dataset_path: str | os.PathLike) -> tuple[int, int]:
-    """Number of structures and atoms in a Pacemaker dataset that this plugin wrote."""
+def _read_structures(dataset_path: str | os.PathLike) -> list:
+    """Structures of a Pacemaker dataset that this plugin wrote (a pickle: never call this on a user's file)."""
     import pandas as pd
 
-    frame = pd.read_pickle(dataset_path, compression="gzip")
-    return len(frame), int(sum(len(atoms) for atoms in frame["ase_atoms"]))
+    return list(pd.read_pickle(dataset_path, compression="gzip")["ase_atoms"])

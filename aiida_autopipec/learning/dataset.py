@@ -288,23 +288,46 @@ def corrected_energies(arrays: StructureArrays, reference_energies: Mapping[str,
     return arrays.energies - arrays.composition_matrix(elements) @ references
 
 
+def zbl_baseline(arrays: StructureArrays, pair_cutoffs: Mapping[str, Sequence[float]]) -> tuple[np.ndarray, ...]:
+    """ZBL energies (eV, per structure) and forces (eV/Å, per atom) with per-pair ``(inner, outer)`` cutoffs (Å)."""
+    from aiida_autopipec.learning.zbl import ZBLCalculator
+
+    cutoffs = {tuple(key.split("-")): tuple(value) for key, value in pair_cutoffs.items()}
+    calculator = ZBLCalculator(*max(cutoffs.values(), key=lambda pair: pair[1]), cutoffs=cutoffs)
+    energies, forces = [], []
+    for atoms in arrays.to_atoms(with_labels=False):
+        atoms.calc = calculator
+        energies.append(atoms.get_potential_energy())
+        forces.append(atoms.get_forces())
+    return np.asarray(energies), np.concatenate(forces)
+
+
 def to_pacemaker_dataframe(
     arrays: StructureArrays,
     reference_energies: Mapping[str, float],
     energy_weights: np.ndarray | None = None,
     force_weights: np.ndarray | None = None,
+    baseline_cutoffs: Mapping[str, Sequence[float]] | None = None,
 ):
-    """Pacemaker's DataFrame. Weights are optional: one per structure (energy) and one per atom (forces)."""
+    """Pacemaker's DataFrame. Weights are optional: one per structure (energy) and one per atom (forces).
+
+    With ``baseline_cutoffs`` (delta learning) the ZBL baseline is subtracted: ``energy_corrected`` and ``forces``
+    are then the residuals the ACE model learns; ``energy`` keeps the reference total energy.
+    """
     import pandas as pd
 
     structures = arrays.to_atoms(with_labels=False)
     offsets = arrays.offsets
+    energy_corrected, forces = corrected_energies(arrays, reference_energies), arrays.forces
+    if baseline_cutoffs:
+        baseline_energies, baseline_forces = zbl_baseline(arrays, baseline_cutoffs)
+        energy_corrected, forces = energy_corrected - baseline_energies, forces - baseline_forces
     frame = pd.DataFrame(
         {
             "ase_atoms": structures,
             "energy": arrays.energies,
-            "forces": [arrays.forces[offsets[i] : offsets[i + 1]] for i in range(arrays.num_structures)],
-            "energy_corrected": corrected_energies(arrays, reference_energies),
+            "forces": [forces[offsets[i] : offsets[i + 1]] for i in range(arrays.num_structures)],
+            "energy_corrected": energy_corrected,
         }
     )
     if (energy_weights is None) != (force_weights is None):
@@ -322,10 +345,10 @@ def to_pacemaker_dataframe(
     return frame
 
 
-def write_pacemaker_dataset(path: str | os.PathLike, arrays: StructureArrays, reference_energies, **weights) -> Path:
+def write_pacemaker_dataset(path: str | os.PathLike, arrays: StructureArrays, reference_energies, **options) -> Path:
     """Write Pacemaker's gzip-pickled DataFrame (only ever into a working directory)."""
     path = Path(path)
-    to_pacemaker_dataframe(arrays, reference_energies, **weights).to_pickle(path, compression="gzip")
+    to_pacemaker_dataframe(arrays, reference_energies, **options).to_pickle(path, compression="gzip")
     return path
 
 

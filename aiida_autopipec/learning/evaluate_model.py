@@ -9,6 +9,9 @@ It runs on the compute side, next to ``pacemaker``, and needs only numpy, pandas
 
     python evaluate_model.py evaluation_input.json
 
+The input names the potential, Pacemaker's split datasets, the elements, the cutoff, the ZBL baseline (delta mode)
+and the output file.
+
 Units: energies eV (errors eV/atom), forces eV/Å (errors per component), distances Å.
 """
 
@@ -26,9 +29,6 @@ try:
 except ImportError:  # run as a standalone script next to a copy of zbl.py
     from zbl import zbl_switched_derivative, zbl_switched_energy  # type: ignore[no-redef]
 
-#: Name of the input file the job writes and of the results file this script writes.
-INPUT_JSON = "evaluation_input.json"
-OUTPUT_JSON = "evaluation.json"
 DIMER_MIN_DISTANCE = 0.3  # Å
 DIMER_STEP = 0.01  # Å
 
@@ -120,10 +120,13 @@ def evaluate(folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    input_path = Path(argv[0] if argv else INPUT_JSON)
+    if len(argv) != 1:
+        print("usage: python evaluate_model.py evaluation_input.json", file=sys.stderr)
+        return 2
+    input_path = Path(argv[0])
     settings = json.loads(input_path.read_text())
     results = evaluate(input_path.parent, settings)
-    (input_path.parent / OUTPUT_JSON).write_text(json.dumps(results))
+    (input_path.parent / settings["output"]).write_text(json.dumps(results))
     return 0
 
 

@@ -30,11 +30,19 @@ TEST_CYCLE_METRICS = "test_cycle_metrics.txt"
 INTERIM_POTENTIAL = "interim_potential_0.yaml"
 TARGET_POTENTIAL = "target_potential.yaml"
 FITTING_DATA_INFO = "fitting_data_info.pckl.gzip"
+TEST_DATA_INFO = "test_data_info.pckl.gzip"
 TRAIN_PREDICTIONS = "train_pred.pckl.gzip"
 TEST_PREDICTIONS = "test_pred.pckl.gzip"
 
 #: Output of the ``.yaml`` -> ``.yace`` conversion run on the compute side.
 YAML2YACE_LOG = "yaml2yace.out"
+
+#: Evaluation of the delivered model on the compute side (``learning/evaluate_model.py`` and its ``zbl.py``).
+EVALUATION_SCRIPT = "evaluate_model.py"
+EVALUATION_ZBL_MODULE = "zbl.py"
+EVALUATION_INPUT = "evaluation_input.json"
+EVALUATION_OUTPUT = "evaluation.json"
+EVALUATION_LOG = "evaluate.out"
 
 #: Files the parser needs; prediction pickles are large and only retrieved on request.
 RETRIEVE_LIST = [
@@ -50,4 +58,6 @@ RETRIEVE_LIST = [
     TEST_CYCLE_METRICS,
     INTERIM_POTENTIAL,
     YAML2YACE_LOG,
+    EVALUATION_OUTPUT,
+    EVALUATION_LOG,
 ]

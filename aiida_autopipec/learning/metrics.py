@@ -78,6 +78,10 @@ class TrainingMetrics(BaseModel):
     rmse_forces_threshold: float = 0.05
     rmse_energy_threshold: float | None = None
     learning_curve: LearningCurve | None = None
+    evaluated_by: str = Field("pacemaker", description="who computed train/test: Pacemaker or the delivered model")
+    pacemaker_reported: dict | None = Field(
+        None, description="Pacemaker's own train/test errors (before its core repulsion), kept for comparison"
+    )
 
     @property
     def judged_on(self) -> str:
@@ -115,7 +119,22 @@ class TrainingMetrics(BaseModel):
             "final_loss": self.final_loss,
             "diverged": self.diverged,
             "units": {"energy": "eV/atom", "forces": "eV/Å (per component)"},
+            "evaluated_by": self.evaluated_by,
+            "pacemaker_reported": self.pacemaker_reported,
         }
+
+    def with_delivered_errors(self, evaluation: dict) -> TrainingMetrics:
+        """These metrics with train/test errors of the delivered model (``evaluate_model``); Pacemaker's own
+        numbers move to ``pacemaker_reported``."""
+        reported = {"train": self.train.model_dump(), "test": self.test.model_dump() if self.test else None}
+        return self.model_copy(
+            update={
+                "train": ErrorMetrics(**evaluation["train"]),
+                "test": ErrorMetrics(**evaluation["test"]) if evaluation.get("test") else None,
+                "evaluated_by": evaluation["evaluator"],
+                "pacemaker_reported": reported,
+            }
+        )
 
 
 def read_metrics_table(path: str | os.PathLike) -> dict[str, np.ndarray]:

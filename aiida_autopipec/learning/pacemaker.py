@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ase import Atoms
 
-from aiida_autopipec.config import TrainingConfig
+from aiida_autopipec.config import SystemConfig, TrainingConfig
 from aiida_autopipec.learning import files
+from aiida_autopipec.learning.baseline import check_dimer_curves, shortest_pair_distances
 from aiida_autopipec.learning.config_gen import PacemakerConfigGenerator
 from aiida_autopipec.learning.dataset import (
     DatasetError,
@@ -25,7 +28,7 @@ from aiida_autopipec.learning.dataset import (
     write_pacemaker_dataset,
 )
 from aiida_autopipec.learning.metrics import LogParser, TrainingMetrics
-from aiida_autopipec.learning.potential import set_reference_energies
+from aiida_autopipec.learning.potential import potential_info, set_reference_energies
 
 __all__ = ["PacemakerError", "PacemakerRunner", "post_fit_script", "resolve_reference_energies"]
 
@@ -37,17 +40,51 @@ class PacemakerError(RuntimeError):
     """Pacemaker (or the ``.yace`` conversion) failed; the message carries the tail of its error output and log."""
 
 
-def post_fit_script(yaml2yace: str = "pace_yaml2yace") -> str:
-    """Shell lines run right after ``pacemaker``: keep its exit code, then convert the potential to ``.yace``."""
-    return "\n".join(
-        [
-            f"echo $? > {files.EXIT_STATUS}",
-            f"if [ -f {files.OUTPUT_POTENTIAL_YAML} ]; then",
-            f"  {shlex.quote(yaml2yace)} -o {files.OUTPUT_POTENTIAL_YACE} {files.OUTPUT_POTENTIAL_YAML}"
-            f" > {files.YAML2YACE_LOG} 2>&1",
+def post_fit_script(yaml2yace: str = "pace_yaml2yace", python: str | None = None) -> str:
+    """Shell lines run right after ``pacemaker``: keep its exit code, convert the potential to ``.yace`` and, with
+    ``python`` (the interpreter of the pacemaker installation), evaluate the delivered model (``evaluate_model``)."""
+    lines = [
+        f"echo $? > {files.EXIT_STATUS}",
+        f"if [ -f {files.OUTPUT_POTENTIAL_YAML} ]; then",
+        f"  {shlex.quote(yaml2yace)} -o {files.OUTPUT_POTENTIAL_YACE} {files.OUTPUT_POTENTIAL_YAML}"
+        f" > {files.YAML2YACE_LOG} 2>&1",
+        "fi",
+    ]
+    if python is not None:
+        lines += [
+            f"if [ -f {files.OUTPUT_POTENTIAL_YACE} ]; then",
+            f"  {shlex.quote(python)} {files.EVALUATION_SCRIPT} {files.EVALUATION_INPUT} > {files.EVALUATION_LOG} 2>&1",
             "fi",
         ]
-    )
+    return "\n".join(lines)
+
+
+def evaluation_files() -> dict[str, str]:
+    """Source of the standalone evaluation script and the ZBL module it needs, keyed by their file names there."""
+    from aiida_autopipec.learning import evaluate_model, zbl
+
+    return {
+        files.EVALUATION_SCRIPT: Path(evaluate_model.__file__).read_text(),
+        files.EVALUATION_ZBL_MODULE: Path(zbl.__file__).read_text(),
+    }
+
+
+def evaluation_settings(
+    config: SystemConfig, zbl_params: Mapping[str, Sequence[float]], cutoff: float
+) -> dict[str, Any]:
+    """Input of ``evaluate_model``: what to evaluate, and the repulsion each pair must show (for the dimer check)."""
+    pair_cutoffs = {key: [float(v) for v in value] for key, value in zbl_params.items()}
+    delta = config.training.baseline == "zbl_delta"
+    return {
+        "potential": files.OUTPUT_POTENTIAL_YACE,
+        "datasets": {"train": files.FITTING_DATA_INFO, "test": files.TEST_DATA_INFO},
+        "elements": list(config.elements),
+        "cutoff": float(cutoff),
+        "baseline": {"type": "zbl", "pair_cutoffs": pair_cutoffs} if delta else None,
+        "mode": config.training.baseline,
+        "pair_cutoffs": pair_cutoffs,
+        "output": files.EVALUATION_OUTPUT,
+    }
 
 
 def resolve_reference_energies(
@@ -79,6 +116,67 @@ def tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def error_summary(stderr: str, lines: int = 15) -> str:
+    """The last exception line of Pacemaker's stderr (e.g. ``ValueError: Unknown optimizer``), then its tail.
+
+    TensorFlow prints warnings after the traceback, so the tail alone often misses the error itself.
+    """
+    text = stderr.strip().splitlines()
+    errors = [line.strip() for line in text if re.match(r"^\s*[\w.]*(Error|Exception|Exhausted\w*)\b.*:", line)]
+    head = f"{errors[-1]}\n" if errors else ""
+    return head + "\n".join(text[-lines:])
+
+
+def prepare_fit(
+    folder: str | os.PathLike,
+    generator: PacemakerConfigGenerator,
+    arrays: StructureArrays,
+    test_arrays: StructureArrays | None = None,
+    initial_potential_yaml: str | None = None,
+    initial_reference_energies: Mapping[str, float] | None = None,
+    initial_zbl_params: Mapping[str, Sequence[float]] | None = None,
+) -> dict[str, Any]:
+    """Write everything a fit needs into ``folder``: datasets, input.yaml, reference energies, evaluation input.
+
+    The one place that prepares a fit, for the plain runner and the AiiDA CalcJob alike. A warm start reuses the
+    reference energies and repulsion cutoffs of the potential it continues. Returns the evaluation settings.
+    """
+    folder = Path(folder)
+    config = generator.config
+    arrays.check_elements(config.elements)
+    if test_arrays is not None:
+        test_arrays.check_elements(config.elements)
+    references = resolve_reference_energies(config.training, arrays, config.elements, initial_reference_energies)
+    shortest = None
+    if initial_zbl_params is None:
+        shortest = shortest_pair_distances(arrays.to_atoms(with_labels=False), config.elements)
+    input_yaml = generator.generate(
+        files.TRAINING_DATA,
+        test_dataset_path=files.TEST_DATA if test_arrays is not None else None,
+        initial_potential_path=files.INITIAL_POTENTIAL if initial_potential_yaml is not None else None,
+        num_structures=arrays.num_structures,
+        num_atoms=arrays.num_atoms,
+        shortest_distances=shortest,
+        zbl_params=initial_zbl_params,
+    )
+    delta = generator.zbl_params if config.training.baseline == "zbl_delta" else None
+    write_pacemaker_dataset(folder / files.TRAINING_DATA, arrays, references, baseline_cutoffs=delta)
+    if test_arrays is not None:
+        write_pacemaker_dataset(folder / files.TEST_DATA, test_arrays, references, baseline_cutoffs=delta)
+    if initial_potential_yaml is not None:
+        (folder / files.INITIAL_POTENTIAL).write_text(initial_potential_yaml)
+        cutoff = potential_info(initial_potential_yaml)["cutoff"]
+    else:
+        cutoff = max(bond["rcut"] for bond in input_yaml["potential"]["bonds"].values() if "rcut" in bond)
+    generator.write(folder / files.INPUT_YAML, input_yaml)
+    (folder / REFERENCE_ENERGIES_JSON).write_text(json.dumps(references, indent=2))
+    settings = evaluation_settings(config, generator.zbl_params, cutoff)
+    (folder / files.EVALUATION_INPUT).write_text(json.dumps(settings, indent=2))
+    for name, source in evaluation_files().items():
+        (folder / name).write_text(source)
+    return {"reference_energies": references, "evaluation": settings, "input_yaml": input_yaml}
+
+
 class PacemakerRunner:
     """Fit a potential with the ``pacemaker`` executable in ``work_dir`` and return the ``.yace`` path."""
 
@@ -94,6 +192,7 @@ class PacemakerRunner:
         self.executable = executable
         self.yaml2yace = yaml2yace
         self.reference_energies: dict[str, float] = {}
+        self.evaluation_settings: dict[str, Any] = {}
 
     @property
     def elements(self) -> list[str]:
@@ -105,35 +204,26 @@ class PacemakerRunner:
         test_dataset: Sequence[Atoms] | StructureArrays | None = None,
         initial_potential: str | os.PathLike | None = None,
         initial_reference_energies: Mapping[str, float] | None = None,
+        initial_zbl_params: Mapping[str, Sequence[float]] | None = None,
     ) -> Path:
         """Validate the data, then write the datasets and input.yaml; returns the input.yaml path."""
         arrays = dataset if isinstance(dataset, StructureArrays) else StructureArrays.from_atoms(dataset)
-        arrays.check_elements(self.elements)
-        test_arrays = None
-        if test_dataset is not None:
-            test_arrays = (
-                test_dataset if isinstance(test_dataset, StructureArrays) else StructureArrays.from_atoms(test_dataset)
-            )
-            test_arrays.check_elements(self.elements)
-        training = self.config_generator.config.training
-        self.reference_energies = resolve_reference_energies(
-            training, arrays, self.elements, initial_reference_energies
-        )
+        test_arrays = test_dataset
+        if test_dataset is not None and not isinstance(test_dataset, StructureArrays):
+            test_arrays = StructureArrays.from_atoms(test_dataset)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        write_pacemaker_dataset(self.work_dir / files.TRAINING_DATA, arrays, self.reference_energies)
-        if test_arrays is not None:
-            write_pacemaker_dataset(self.work_dir / files.TEST_DATA, test_arrays, self.reference_energies)
-        if initial_potential is not None:
-            (self.work_dir / files.INITIAL_POTENTIAL).write_bytes(Path(initial_potential).read_bytes())
-        config = self.config_generator.generate(
-            files.TRAINING_DATA,
-            test_dataset_path=files.TEST_DATA if test_arrays is not None else None,
-            initial_potential_path=files.INITIAL_POTENTIAL if initial_potential is not None else None,
-            num_structures=arrays.num_structures,
-            num_atoms=arrays.num_atoms,
+        prepared = prepare_fit(
+            self.work_dir,
+            self.config_generator,
+            arrays,
+            test_arrays,
+            Path(initial_potential).read_text() if initial_potential is not None else None,
+            initial_reference_energies,
+            initial_zbl_params,
         )
-        (self.work_dir / REFERENCE_ENERGIES_JSON).write_text(json.dumps(self.reference_energies, indent=2))
-        return self.config_generator.write(self.work_dir / files.INPUT_YAML, config)
+        self.reference_energies = prepared["reference_energies"]
+        self.evaluation_settings = prepared["evaluation"]
+        return self.work_dir / files.INPUT_YAML
 
     def train(
         self,
@@ -141,19 +231,20 @@ class PacemakerRunner:
         test_dataset: Sequence[Atoms] | StructureArrays | None = None,
         initial_potential: str | os.PathLike | None = None,
         initial_reference_energies: Mapping[str, float] | None = None,
+        initial_zbl_params: Mapping[str, Sequence[float]] | None = None,
     ) -> Path:
-        """Fit and return the ``.yace`` (absolute energies: reference energies written into ``E0``)."""
-        self.prepare(dataset, test_dataset, initial_potential, initial_reference_energies)
+        """Fit, evaluate the delivered model and return the ``.yace`` (reference energies written into ``E0``)."""
+        self.prepare(dataset, test_dataset, initial_potential, initial_reference_energies, initial_zbl_params)
         script = (
             f"{shlex.quote(self.executable)} {files.INPUT_YAML} > {files.STDOUT} 2> {files.STDERR}\n"
-            + post_fit_script(self.yaml2yace)
+            + post_fit_script(self.yaml2yace)  # evaluated in this process below
         )
         subprocess.run(["bash", "-c", script], cwd=self.work_dir, check=False)
         exit_status = int((self.work_dir / files.EXIT_STATUS).read_text().strip() or -1)
         if exit_status != 0:
             raise PacemakerError(
                 f"pacemaker exited with status {exit_status} in {self.work_dir}\n"
-                f"--- {files.STDERR} (tail) ---\n{tail(self.work_dir / files.STDERR)}\n"
+                f"--- {files.STDERR} ---\n{error_summary((self.work_dir / files.STDERR).read_text(errors='replace'))}\n"
                 f"--- {files.LOG} (tail) ---\n{tail(self.work_dir / files.LOG, 10)}"
             )
         yace = self.work_dir / files.OUTPUT_POTENTIAL_YACE
@@ -162,10 +253,21 @@ class PacemakerRunner:
                 f"no {yace.name} was written\n{tail(self.work_dir / files.YAML2YACE_LOG)}\n"
                 f"--- {files.LOG} (tail) ---\n{tail(self.work_dir / files.LOG, 10)}"
             )
+        from aiida_autopipec.learning.evaluate_model import evaluate
+
+        evaluation = evaluate(self.work_dir, self.evaluation_settings)
+        (self.work_dir / files.EVALUATION_OUTPUT).write_text(json.dumps(evaluation))
         yace.write_text(set_reference_energies(yace.read_text(), self.reference_energies))
         return yace
 
     def metrics(self) -> TrainingMetrics:
-        """Metrics of the last fit in ``work_dir`` (thresholds from the training config)."""
+        """Metrics of the last fit in ``work_dir``: errors of the delivered model, Pacemaker's own kept aside."""
         training = self.config_generator.config.training
-        return LogParser(training.rmse_forces_threshold, training.rmse_energy_threshold).parse(self.work_dir)
+        metrics = LogParser(training.rmse_forces_threshold, training.rmse_energy_threshold).parse(self.work_dir)
+        evaluation = json.loads((self.work_dir / files.EVALUATION_OUTPUT).read_text())
+        return metrics.with_delivered_errors(evaluation)
+
+    def dimer_check(self) -> dict[str, list[str]]:
+        """Violations of the short-range check per element pair (empty: every pair is repulsive below its core)."""
+        evaluation = json.loads((self.work_dir / files.EVALUATION_OUTPUT).read_text())
+        return check_dimer_curves(evaluation["dimers"], self.evaluation_settings["pair_cutoffs"])

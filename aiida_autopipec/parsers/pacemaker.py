@@ -17,8 +17,9 @@ from aiida.parsers import Parser
 
 from aiida_autopipec.data import PotentialData
 from aiida_autopipec.learning import files
+from aiida_autopipec.learning.baseline import check_dimer_curves
 from aiida_autopipec.learning.metrics import LogParser, MetricsError, TrainingMetrics
-from aiida_autopipec.learning.pacemaker import REFERENCE_ENERGIES_JSON
+from aiida_autopipec.learning.pacemaker import REFERENCE_ENERGIES_JSON, error_summary
 from aiida_autopipec.learning.potential import PotentialFileError, set_reference_energies
 
 __all__ = ["PacemakerParser"]
@@ -63,7 +64,7 @@ class PacemakerParser(Parser):
             if any(marker in stderr for marker in OUT_OF_MEMORY_MARKERS):
                 return exit_codes.ERROR_OUT_OF_MEMORY
             return exit_codes.ERROR_PACEMAKER_FAILED.format(
-                exit_status=exit_status, stderr_tail=_tail(stderr) or "(stderr empty)"
+                exit_status=exit_status, stderr_tail=error_summary(stderr) or "(stderr empty)"
             )
         if not (folder / files.OUTPUT_POTENTIAL_YAML).is_file():
             return exit_codes.ERROR_NO_POTENTIAL.format(filename=files.OUTPUT_POTENTIAL_YAML)
@@ -71,13 +72,36 @@ class PacemakerParser(Parser):
             return exit_codes.ERROR_YACE_CONVERSION.format(
                 log_tail=_tail(self._read(folder / files.YAML2YACE_LOG)) or "(no output)"
             )
-        try:
-            self.out("potential", self._potential(folder))
-        except PotentialFileError as exc:
-            return exit_codes.ERROR_YACE_CONVERSION.format(log_tail=str(exc))
         if metrics is None:
             return exit_codes.ERROR_METRICS_MISSING.format(error=metrics_error)
-        self.out("metrics", orm.Dict(metrics.summary()))
+        evaluation_path = folder / files.EVALUATION_OUTPUT
+        if not evaluation_path.is_file():
+            return exit_codes.ERROR_EVALUATION_FAILED.format(
+                log_tail=_tail(self._read(folder / files.EVALUATION_LOG)) or "(no output)"
+            )
+        evaluation = json.loads(evaluation_path.read_text())
+        settings = json.loads(self.node.base.repository.get_object_content(files.EVALUATION_INPUT))
+        try:
+            self.out("potential", self._potential(folder, settings))
+        except PotentialFileError as exc:
+            return exit_codes.ERROR_YACE_CONVERSION.format(log_tail=str(exc))
+
+        # The errors users see are those of the delivered model; Pacemaker's own stay in `pacemaker_reported`.
+        summary = metrics.with_delivered_errors(evaluation).summary()
+        violations = check_dimer_curves(evaluation["dimers"], settings["pair_cutoffs"])
+        summary["short_range"] = {
+            "mode": settings["mode"],
+            "safe": not violations,
+            "violations": violations,
+            "pair_cutoffs": settings["pair_cutoffs"],
+        }
+        self.out("metrics", orm.Dict(summary))
+        self.out("dimer_curves", self._dimer_curves(evaluation["dimers"], settings["pair_cutoffs"]))
+        if violations:
+            details = "; ".join(f"{pair}: {', '.join(problems)}" for pair, problems in violations.items())
+            if settings["mode"] != "none":
+                return exit_codes.ERROR_UNSAFE_SHORT_RANGE.format(details=details)
+            self.logger.warning(f"baseline 'none': the model is not repulsive at short range ({details})")
         return None
 
     @staticmethod
@@ -92,12 +116,29 @@ class PacemakerParser(Parser):
         except (MetricsError, OSError, ValueError) as exc:
             return None, str(exc)
 
-    def _potential(self, folder: Path) -> PotentialData:
+    def _potential(self, folder: Path, settings: dict) -> PotentialData:
         references = json.loads(self.node.base.repository.get_object_content(REFERENCE_ENERGIES_JSON))
         yace = set_reference_energies((folder / files.OUTPUT_POTENTIAL_YACE).read_text(), references)
         return PotentialData(
-            yace=yace, yaml=(folder / files.OUTPUT_POTENTIAL_YAML).read_text(), reference_energies=references
+            yace=yace,
+            yaml=(folder / files.OUTPUT_POTENTIAL_YAML).read_text(),
+            reference_energies=references,
+            baseline=settings["baseline"],
+            short_range={"mode": settings["mode"], "pair_cutoffs": settings["pair_cutoffs"]},
         )
+
+    @staticmethod
+    def _dimer_curves(curves: dict, pair_cutoffs: dict) -> orm.ArrayData:
+        """Per pair ``<pair>_r`` (Å), ``<pair>_energy`` (eV, 0 for separated atoms), ``<pair>_force`` (eV/Å, > 0
+        pushes the atoms apart)."""
+        data = orm.ArrayData()
+        for pair, curve in curves.items():
+            for quantity in ("r", "energy", "force"):
+                data.set_array(f"{pair.replace('-', '_')}_{quantity}", np.asarray(curve[quantity], dtype=float))
+        data.base.attributes.set("pairs", sorted(curves))
+        data.base.attributes.set("pair_cutoffs", pair_cutoffs)
+        data.base.attributes.set("units", {"r": "Å", "energy": "eV", "force": "eV/Å"})
+        return data
 
     @staticmethod
     def _learning_curve(metrics: TrainingMetrics) -> orm.ArrayData:

@@ -52,6 +52,52 @@ def test_prepare_writes_dataset_input_and_references(generate_calc_job, inputs):
     assert first_line == f"echo $? > {files.EXIT_STATUS}"
     executable_dir = str(inputs["code"].filepath_executable.parent)
     assert f"{executable_dir}/pace_yaml2yace -o {files.OUTPUT_POTENTIAL_YACE}" in calcinfo.append_text
+    # The delivered model is evaluated on the compute side by a standalone script and its ZBL module.
+    assert f"{executable_dir}/python {files.EVALUATION_SCRIPT} {files.EVALUATION_INPUT}" in calcinfo.append_text
+    assert (folder / files.EVALUATION_SCRIPT).is_file() and (folder / files.EVALUATION_ZBL_MODULE).is_file()
+    evaluation = json.loads((folder / files.EVALUATION_INPUT).read_text())
+    assert evaluation["mode"] == "core_repulsion" and evaluation["baseline"] is None
+    assert set(evaluation["pair_cutoffs"]) == {"Al-Al", "Al-Cu", "Cu-Cu"}
+    assert evaluation["cutoff"] == 4.5
+
+
+def test_core_repulsion_below_the_shortest_distances(generate_calc_job, inputs, emt_structures):
+    """Default baseline: Pacemaker's ZBL core per pair, fully off below 90 % of the pair's shortest distance."""
+    from aiida_autopipec.learning.baseline import shortest_pair_distances
+
+    folder, _ = generate_calc_job("autopipec.pacemaker", inputs)
+    bonds = yaml.safe_load((folder / files.INPUT_YAML).read_text())["potential"]["bonds"]
+    shortest = shortest_pair_distances(emt_structures, ["Al", "Cu"])
+    for pair in ("Al-Al", "Al-Cu", "Cu-Cu"):
+        bond = bonds[pair.replace("-", "")]
+        assert bond["inner_cutoff_type"] == "zbl"
+        assert bond["core-repulsion"] == [1.0, 1.0]
+        assert bond["r_in"] <= 0.9 * shortest[pair] + 1e-9
+        assert 0 < bond["r_in"] - bond["delta_in"] < bond["r_in"]
+
+
+def test_zbl_delta_writes_the_residual(generate_calc_job, inputs):
+    """zbl_delta: Pacemaker fits energy - references - E_ZBL and forces - F_ZBL."""
+    from aiida_autopipec.learning.dataset import zbl_baseline
+
+    inputs["parameters"] = orm.Dict({**inputs["parameters"].get_dict(), "baseline": "zbl_delta"})
+    folder, _ = generate_calc_job("autopipec.pacemaker", inputs)
+    evaluation = json.loads((folder / files.EVALUATION_INPUT).read_text())
+    assert evaluation["baseline"] == {"type": "zbl", "pair_cutoffs": evaluation["pair_cutoffs"]}
+    bonds = yaml.safe_load((folder / files.INPUT_YAML).read_text())["potential"]["bonds"]
+    assert set(bonds) == {"ALL"}  # no Pacemaker core on top of the baseline
+    references = json.loads((folder / REFERENCE_ENERGIES_JSON).read_text())
+    frame = pd.read_pickle(folder / files.TRAINING_DATA, compression="gzip")
+    arrays = inputs["training_set"].get_arrays()
+    zbl_energies, zbl_forces = zbl_baseline(arrays, evaluation["pair_cutoffs"])
+    for i, (_, row) in enumerate(frame.iterrows()):
+        symbols = row["ase_atoms"].get_chemical_symbols()
+        expected = row["energy"] - sum(references[s] for s in symbols) - zbl_energies[i]
+        assert row["energy_corrected"] == pytest.approx(expected, abs=1e-9)
+        start = arrays.offsets[i]
+        assert row["forces"] == pytest.approx(
+            arrays.forces[start : start + len(symbols)] - zbl_forces[start : start + len(symbols)]
+        )
 
 
 def test_prepare_with_test_set_and_settings(generate_calc_job, inputs, emt_test_structures):

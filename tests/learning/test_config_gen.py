@@ -35,7 +35,9 @@ ELEMENTS = ["Al", "Cu"]
 def generate(overrides=None, *, elements=ELEMENTS, num_structures=50, num_atoms=400, **training):
     """input.yaml content for ``training`` settings (data size given, so no dataset file is needed)."""
     generator = PacemakerConfigGenerator(SystemConfig(elements=elements, **training), overrides)
-    return generator.generate(files.TRAINING_DATA, num_structures=num_structures, num_atoms=num_atoms)
+    return generator.generate(
+        files.TRAINING_DATA, num_structures=num_structures, num_atoms=num_atoms, shortest_distances={}
+    )
 
 
 def write_emt_dataset(path: Path, num_structures: int, seed: int, references=None) -> dict[str, float]:
@@ -81,7 +83,11 @@ def test_test_size_is_written_without_test_set():
 def test_test_filename_replaces_test_size_with_test_set():
     generator = PacemakerConfigGenerator(SystemConfig(elements=ELEMENTS, test_size=0.25))
     data = generator.generate(
-        Path(files.TRAINING_DATA), test_dataset_path=Path(files.TEST_DATA), num_structures=50, num_atoms=400
+        Path(files.TRAINING_DATA),
+        test_dataset_path=Path(files.TEST_DATA),
+        num_structures=50,
+        num_atoms=400,
+        shortest_distances={},
     )["data"]
     assert data == {"filename": files.TRAINING_DATA, "test_filename": files.TEST_DATA}
     assert all(isinstance(value, str) for value in data.values())
@@ -113,7 +119,9 @@ def test_auto_device_writes_no_gpu_config():
 
 def test_warm_start_writes_potential_file_name():
     generator = PacemakerConfigGenerator(SystemConfig(elements=ELEMENTS, number_of_functions_per_element=8))
-    config = generator.generate(files.TRAINING_DATA, initial_potential_path=Path(files.INITIAL_POTENTIAL))
+    config = generator.generate(
+        files.TRAINING_DATA, initial_potential_path=Path(files.INITIAL_POTENTIAL), shortest_distances={}
+    )
     assert config["potential"] == files.INITIAL_POTENTIAL
     assert isinstance(config["potential"], str)
     assert config["fit"]["loss"]["kappa"] == 0.7  # the rest is generated as usual
@@ -123,9 +131,11 @@ def test_warm_start_rejects_basis_overrides_but_keeps_others():
     config = SystemConfig(elements=ELEMENTS, number_of_functions_per_element=8)
     generator = PacemakerConfigGenerator(config, {"potential": {"bonds": {"ALL": {"rcut": 4.0}}}})
     with pytest.raises(ConfigError, match="potential: overrides of the basis cannot be combined"):
-        generator.generate(files.TRAINING_DATA, initial_potential_path=files.INITIAL_POTENTIAL)
+        generator.generate(files.TRAINING_DATA, initial_potential_path=files.INITIAL_POTENTIAL, shortest_distances={})
     generator = PacemakerConfigGenerator(config, {"fit": {"loss": {"w0_rad": 1e-4}}})
-    merged = generator.generate(files.TRAINING_DATA, initial_potential_path=files.INITIAL_POTENTIAL)
+    merged = generator.generate(
+        files.TRAINING_DATA, initial_potential_path=files.INITIAL_POTENTIAL, shortest_distances={}
+    )
     assert merged["fit"]["loss"]["w0_rad"] == 1e-4
 
 
@@ -178,14 +188,16 @@ def test_too_few_functions_for_the_blocks_is_rejected():
     # 3 elements: 4 basis blocks per element; 3 functions would leave blocks empty.
     generator = PacemakerConfigGenerator(SystemConfig(elements=["Al", "Cu", "Ni"], number_of_functions_per_element=3))
     with pytest.raises(ConfigError, match="fewer than the 4 basis blocks"):
-        generator.generate(files.TRAINING_DATA, num_structures=20, num_atoms=160)
+        generator.generate(files.TRAINING_DATA, num_structures=20, num_atoms=160, shortest_distances={})
 
 
 @pytest.mark.parametrize(("num_structures", "test_size"), [(8, 0.1), (3, 0.2), (10, 0.05)])
 def test_test_split_that_holds_out_nothing_is_rejected(num_structures, test_size):
     generator = PacemakerConfigGenerator(SystemConfig(elements=ELEMENTS, test_size=test_size))
     with pytest.raises(ConfigError, match="holds out 0"):
-        generator.generate(files.TRAINING_DATA, num_structures=num_structures, num_atoms=8 * num_structures)
+        generator.generate(
+            files.TRAINING_DATA, num_structures=num_structures, num_atoms=8 * num_structures, shortest_distances={}
+        )
 
 
 def test_explicit_number_of_functions_wins():
@@ -193,7 +205,12 @@ def test_explicit_number_of_functions_wins():
     assert config["potential"]["functions"]["number_of_functions_per_element"] == 11
     # no data size needed at all when the basis size is given
     generator = PacemakerConfigGenerator(SystemConfig(elements=ELEMENTS, number_of_functions_per_element=11))
-    assert generator.generate("missing.pckl.gzip")["potential"]["functions"]["number_of_functions_per_element"] == 11
+    assert (
+        generator.generate("missing.pckl.gzip", shortest_distances={})["potential"]["functions"][
+            "number_of_functions_per_element"
+        ]
+        == 11
+    )
 
 
 def test_automatic_basis_size_without_data_size_is_an_error():
@@ -244,10 +261,10 @@ def test_overrides_are_deep_merged_into_the_generated_config():
 def test_generated_configs_share_no_state_with_the_overrides():
     overrides = {"fit": {"loss": {"w0_rad": 1e-4}}}
     generator = PacemakerConfigGenerator(SystemConfig(elements=ELEMENTS, number_of_functions_per_element=8), overrides)
-    first = generator.generate(files.TRAINING_DATA)
+    first = generator.generate(files.TRAINING_DATA, shortest_distances={})
     first["fit"]["loss"]["w0_rad"] = 1.0
     first["potential"]["bonds"]["ALL"]["rcut"] = 1.0
-    second = generator.generate(files.TRAINING_DATA)
+    second = generator.generate(files.TRAINING_DATA, shortest_distances={})
     assert second["fit"]["loss"]["w0_rad"] == 1e-4
     assert second["potential"]["bonds"]["ALL"]["rcut"] == 5.0
     assert overrides == {"fit": {"loss": {"w0_rad": 1e-4}}}
@@ -366,7 +383,7 @@ def test_good_override_values_are_accepted(overrides):
 @pytest.mark.parametrize("key", ["AlCu", "Al Cu", "CuAl", "Al", "[Al, Cu]", "UNARY", "BINARY"])
 def test_per_pair_bond_keys_are_accepted(key):
     config = generate({"potential": {"bonds": {key: {"rcut": 4.6}}}}, cutoff=4.3)
-    assert config["potential"]["bonds"][key] == {"rcut": 4.6}
+    assert config["potential"]["bonds"][key]["rcut"] == 4.6  # merged with the repulsion core of that pair, if any
     assert config["potential"]["bonds"]["ALL"]["rcut"] == 4.3
 
 
@@ -433,7 +450,9 @@ def test_generated_config_is_safe_yaml_and_round_trips(tmp_path, training):
 
 def test_warm_start_config_is_safe_yaml():
     generator = PacemakerConfigGenerator(SystemConfig(elements=ELEMENTS, number_of_functions_per_element=8))
-    config = generator.generate(Path(files.TRAINING_DATA), initial_potential_path=Path(files.INITIAL_POTENTIAL))
+    config = generator.generate(
+        Path(files.TRAINING_DATA), initial_potential_path=Path(files.INITIAL_POTENTIAL), shortest_distances={}
+    )
     assert yaml.safe_load(yaml.safe_dump(config)) == config
 
 
@@ -516,7 +535,7 @@ def pacemaker_fit(tmp_path_factory) -> PacemakerRun:
     write_emt_dataset(directory / files.TRAINING_DATA, 12, seed=3)
     overrides = {"potential": {"bonds": {"AlCu": {"rcut": PAIR_RCUT}}}}
     generator = PacemakerConfigGenerator(SystemConfig(elements=ELEMENTS, **FIT_TRAINING), overrides)
-    generator.write(directory / files.INPUT_YAML, generator.generate(files.TRAINING_DATA))
+    generator.write(directory / files.INPUT_YAML, generator.generate(files.TRAINING_DATA, shortest_distances={}))
     return run_pacemaker(directory)
 
 
@@ -534,6 +553,7 @@ def pacemaker_warm_dry_run(pacemaker_fit, tmp_path_factory) -> PacemakerRun:
         initial_potential_path=files.INITIAL_POTENTIAL,
         num_structures=12,  # the relative data path is not readable from here; the size is unused anyway
         num_atoms=96,
+        shortest_distances={},
     )
     generator.write(directory / files.INPUT_YAML, config)
     return run_pacemaker(directory, "--dry-run")
@@ -546,8 +566,21 @@ def species_blocks(potential: dict) -> dict[str, dict]:
 @pytest.mark.pacemaker
 def test_fit_input_is_what_the_generator_wrote(pacemaker_fit):
     assert pacemaker_fit.config["potential"]["bonds"]["ALL"]["rcut"] == 4.3
-    assert pacemaker_fit.config["potential"]["bonds"]["AlCu"] == {"rcut": PAIR_RCUT}
+    assert pacemaker_fit.config["potential"]["bonds"]["AlCu"]["rcut"] == PAIR_RCUT
     assert "cutoff" not in pacemaker_fit.config
+
+
+@pytest.mark.pacemaker
+def test_repulsion_core_per_pair_takes_effect(pacemaker_fit):
+    """Default baseline core_repulsion: the per-pair ZBL core lands in Pacemaker's basis for every pair."""
+    blocks = species_blocks(pacemaker_fit.read_yaml(files.TARGET_POTENTIAL))
+    bonds = pacemaker_fit.config["potential"]["bonds"]
+    for block_name, bond_key in (("Al", "AlAl"), ("Cu", "CuCu"), ("Al Cu", "AlCu"), ("Cu Al", "AlCu")):
+        block, bond = blocks[block_name], bonds[bond_key]
+        assert block["inner_cutoff_type"] == "zbl"
+        assert block["r_in"] == pytest.approx(bond["r_in"])
+        assert block["delta_in"] == pytest.approx(bond["delta_in"])
+        assert block["core-repulsion"] == [1, 1]
 
 
 @pytest.mark.pacemaker

@@ -86,3 +86,57 @@ def test_recovered_out_of_memory_is_a_success(generate_calc_job_node):
 def test_killed_run_keeps_its_learning_curve(generate_calc_job_node):
     results, _ = parse(generate_calc_job_node, "killed")
     assert len(results["learning_curve"].get_array("iteration")) >= 2
+
+
+@pytest.mark.parametrize("case", ["success_core_repulsion", "success_zbl_delta"])
+def test_delivered_model_metrics_and_safe_dimers(generate_calc_job_node, case):
+    """Runs prepared by the plugin itself: errors of the delivered model, Pacemaker's own kept, dimers checked."""
+    results, calcfunction = parse(generate_calc_job_node, case)
+    assert calcfunction.is_finished_ok, calcfunction.exit_message
+    metrics = results["metrics"].get_dict()
+    assert metrics["evaluated_by"].startswith("pyace.PyACECalculator on the delivered .yace")
+    reported = metrics["pacemaker_reported"]
+    # Nothing in the data is inside the repulsive core, so the delivered model reproduces Pacemaker's numbers.
+    assert metrics["test"]["rmse_forces"] == pytest.approx(reported["test"]["rmse_forces"], rel=1e-3)
+    assert metrics["short_range"]["safe"] is True and metrics["short_range"]["violations"] == {}
+    curves = results["dimer_curves"]
+    assert curves.base.attributes.get("pairs") == ["Al-Al", "Al-Cu", "Cu-Cu"]
+    energy, r = curves.get_array("Cu_Cu_energy"), curves.get_array("Cu_Cu_r")
+    assert r[0] == pytest.approx(0.3) and energy[0] > 100  # eV: strongly repulsive at 0.3 Å
+    potential = results["potential"]
+    assert potential.short_range["mode"] == case.removeprefix("success_")
+    if case == "success_zbl_delta":
+        assert potential.baseline == {"type": "zbl", "pair_cutoffs": potential.short_range["pair_cutoffs"]}
+    else:
+        assert potential.baseline is None
+
+
+def test_model_without_baseline_is_flagged(generate_calc_job_node):
+    """Plain Pacemaker input, no repulsion ('none'): the dimer check flags it, in the metrics and the report."""
+    import logging
+
+    warnings = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logger = logging.getLogger("aiida.parser.PacemakerParser")
+    logger.addHandler(handler)
+    try:
+        results, calcfunction = parse(generate_calc_job_node, "success")
+    finally:
+        logger.removeHandler(handler)
+    short_range = results["metrics"]["short_range"]
+    assert short_range["mode"] == "none"
+    assert short_range["safe"] is False
+    assert short_range["violations"]  # at least one pair is attractive or non-monotonic below its inner cutoff
+    assert calcfunction.is_finished_ok  # 'none' was chosen explicitly: flagged, not failed
+    assert any("baseline 'none': the model is not repulsive at short range" in message for message in warnings)
+
+
+def test_unsafe_model_fails_when_a_baseline_was_asked_for(generate_calc_job_node):
+    """The same real model without repulsion, but the run claimed a repulsive baseline: distinct exit code 340."""
+    node = generate_calc_job_node("success", evaluation_overrides={"mode": "core_repulsion"})
+    results, calcfunction = PacemakerParser.parse_from_node(node, store_provenance=False)
+    assert calcfunction.exit_status == PacemakerCalculation.exit_codes.ERROR_UNSAFE_SHORT_RANGE.status
+    assert "Al-Cu" in calcfunction.exit_message
+    assert results["metrics"]["short_range"]["safe"] is False  # the outputs stay attached for inspection
+    assert "dimer_curves" in results and "potential" in results

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import json
 import time
 from pathlib import Path
 
@@ -36,12 +37,13 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 
-#: The job script of the CalcJob, verbatim.
-JOB_SCRIPT = """\
-pacemaker input.yaml > pacemaker.out 2> pacemaker.err
-echo $? > pacemaker.exit_status
-if [ -f output_potential.yaml ]; then pace_yaml2yace -o output_potential.yace output_potential.yaml > yaml2yace.out 2>&1; fi
-"""
+from aiida_autopipec.learning import files  # noqa: E402
+from aiida_autopipec.learning.pacemaker import post_fit_script  # noqa: E402
+
+#: The job script of the CalcJob: pacemaker, then the shared post-fit lines (exit status, .yace, evaluation).
+JOB_SCRIPT = f"pacemaker {files.INPUT_YAML} > {files.STDOUT} 2> {files.STDERR}\n" + post_fit_script(
+    "pace_yaml2yace", sys.executable
+) + "\n"
 
 #: Files kept from a working directory (if produced).
 KEEP = [
@@ -58,6 +60,11 @@ KEEP = [
     "output_potential.yace",
     "interim_potential_0.yaml",
     "yaml2yace.out",
+    # inputs the CalcJob writes (the parser reads them from the node's repository) and the evaluation results
+    "reference_energies.json",
+    "evaluation_input.json",
+    "evaluation.json",
+    "evaluate.out",
 ]
 
 ERR_MAX_BYTES = 60 * 1024
@@ -163,7 +170,59 @@ def deep_update(base: dict, upd: dict) -> dict:
     return out
 
 
+def write_evaluation_inputs(workdir: Path, inp: dict, df: pd.DataFrame, mode: str = "none") -> None:
+    """What the CalcJob writes next to a hand-made input.yaml: references, evaluation input and scripts."""
+    from aiida_autopipec.config import SystemConfig
+    from aiida_autopipec.learning.baseline import shortest_pair_distances, zbl_pair_cutoffs
+    from aiida_autopipec.learning.pacemaker import REFERENCE_ENERGIES_JSON, evaluation_files, evaluation_settings
+
+    elements = inp["potential"]["elements"]
+    mean_epa = float((df["energy"] / df["ase_atoms"].map(len)).mean())  # make_dataset's energy_corrected
+    (workdir / REFERENCE_ENERGIES_JSON).write_text(json.dumps({e: mean_epa for e in elements}))
+    config = SystemConfig(elements=elements, baseline=mode)
+    cutoffs = zbl_pair_cutoffs(elements, shortest_pair_distances(list(df["ase_atoms"]), elements))
+    settings = evaluation_settings(config, cutoffs, inp["potential"]["bonds"]["ALL"]["rcut"])
+    (workdir / files.EVALUATION_INPUT).write_text(json.dumps(settings, indent=2))
+    for name, source in evaluation_files().items():
+        (workdir / name).write_text(source)
+
+
+def prepare_with_generator(mode: str):
+    """A ``prepare`` hook: replace the hand-made input by what the plugin itself writes (``prepare_fit``)."""
+
+    def prepare(workdir: Path) -> None:
+        from aiida_autopipec.config import SystemConfig
+        from aiida_autopipec.learning.config_gen import PacemakerConfigGenerator
+        from aiida_autopipec.learning.dataset import StructureArrays
+        from aiida_autopipec.learning.pacemaker import prepare_fit
+
+        df = pd.read_pickle(workdir / files.TRAINING_DATA, compression="gzip")
+        structures = []
+        for atoms, energy, forces in zip(df["ase_atoms"], df["energy"], df["forces"], strict=True):
+            atoms = atoms.copy()
+            atoms.info["energy"], atoms.arrays["forces"] = energy, np.asarray(forces)
+            structures.append(atoms)
+        config = SystemConfig(
+            elements=["Al", "Cu"],
+            training={"cutoff": 4.5, "maxiter": 20, "number_of_functions_per_element": 10, "test_size": 0.2,
+                      "display_step": 5, "baseline": mode, "device": "cpu"},
+        )
+        prepare_fit(workdir, PacemakerConfigGenerator(config), StructureArrays.from_atoms(structures))
+
+    return prepare
+
+
 CASES: dict[str, dict] = {
+    "success_core_repulsion": {
+        "description": "The plugin's own input (prepare_fit): baseline core_repulsion, Pacemaker's ZBL core per "
+        "pair below the shortest distances of the data, maxiter 20, 20 % test split; exits 0.",
+        "prepare": prepare_with_generator("core_repulsion"),
+    },
+    "success_zbl_delta": {
+        "description": "The plugin's own input (prepare_fit): baseline zbl_delta, the ZBL baseline subtracted from "
+        "the data (ACE fits the residual), maxiter 20, 20 % test split; exits 0.",
+        "prepare": prepare_with_generator("zbl_delta"),
+    },
     "success": {
         "description": "Normal BFGS fit (maxiter 20) with a 20 % test split; pacemaker exits 0.",
         "input": {},
@@ -373,6 +432,7 @@ def record(name: str) -> None:
             yaml.safe_dump(inp, f, sort_keys=False, default_flow_style=None)
         df = make_dataset(**case.get("data", {}))
         df.to_pickle(workdir / "training_data.pckl.gzip", compression="gzip", protocol=4)
+        write_evaluation_inputs(workdir, inp, df)
         if "prepare" in case:
             case["prepare"](workdir)
         info = run_job(workdir, case)
