@@ -34,6 +34,7 @@ OUTER_FRACTION = 0.9  # of the shortest distance in the data
 INNER_FRACTION = 0.75  # of the outer cutoff
 MAX_INNER_FRACTION = 0.9  # of the outer cutoff: the switching region is never narrower than this leaves
 PURE_ZBL_BELOW = 1.5  # Å: pure ZBL below this distance wherever the data allow it
+STRENGTH_FRACTION = 0.5  # of the universal ZBL energy that a dimer must keep below min(inner, 1.5 Å)
 
 
 def pair_key(first: str, second: str) -> str:
@@ -86,9 +87,15 @@ def zbl_pair_cutoffs(elements: Sequence[str], shortest: Mapping[str, float]) -> 
 def check_dimer_curves(
     curves: Mapping[str, Mapping[str, Sequence[float]]], cutoffs: Mapping[str, tuple[float, float]]
 ) -> dict[str, list[str]]:
-    """Violations per pair: below the pair's inner cutoff the energy must fall monotonically with r and the force
-    must push the atoms apart. Returns ``{pair: [problems]}``; an empty dict means every pair passed.
+    """Violations per pair. Below the pair's inner cutoff the energy must fall monotonically with r and the force
+    must push the atoms apart; below ``min(inner, 1.5 Å)`` the energy must also be at least half the universal ZBL
+    repulsion (``STRENGTH_FRACTION``), so a model that is merely monotonic but soft does not pass.
+    Returns ``{pair: [problems]}``; an empty dict means every pair passed.
     """
+    from ase.data import atomic_numbers
+
+    from aiida_autopipec.learning.zbl import zbl_pair_energy
+
     violations: dict[str, list[str]] = {}
     for key, curve in curves.items():
         r = np.asarray(curve["r"])
@@ -97,6 +104,13 @@ def check_dimer_curves(
         inner = cutoffs[key][0]
         below = r < inner
         problems = []
+        core = r <= min(inner, PURE_ZBL_BELOW)
+        first, second = (atomic_numbers[symbol] for symbol in key.split("-"))
+        weak = np.flatnonzero(energy[core] < STRENGTH_FRACTION * zbl_pair_energy(r[core], first, second))
+        if len(weak):
+            problems.append(
+                f"energy at r = {r[core][weak[-1]]:.2f} Å is below {STRENGTH_FRACTION:g} x the ZBL repulsion"
+            )
         if not np.isfinite(energy).all() or not np.isfinite(force).all():
             problems.append("energy or force is not finite")
         rising = np.flatnonzero(np.diff(energy[below]) >= 0)
