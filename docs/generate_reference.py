@@ -8,7 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 REFERENCE = Path(__file__).parent / "reference.md"
-PROCESSES = ["aiida_autopipec.calculations.pacemaker:PacemakerCalculation"]
+PROCESSES = [
+    "aiida_autopipec.calculations.pacemaker:PacemakerCalculation",
+    "aiida_autopipec.calculations.ase_label:AseLabelCalculation",
+    "aiida_autopipec.workflows.base:PacemakerBaseWorkChain",
+]
+#: Ports of the engine, not of this plugin (in exposed namespaces too).
+SKIPPED_INPUTS = ("metadata", "monitors", "remote_folder")
 
 
 def _load(path: str):
@@ -26,6 +32,22 @@ def _valid_type(port) -> str:
     return " or ".join(t.__name__ for t in types if t is not type(None))
 
 
+def _input_rows(namespace, prefix: str = "") -> list[str]:
+    """One row per input port; the ports of an exposed namespace (``pacemaker``) as ``pacemaker.<name>``."""
+    from plumpy.ports import PortNamespace
+
+    rows = []
+    for name, port in sorted(namespace.items()):
+        if name in SKIPPED_INPUTS:
+            continue
+        if isinstance(port, PortNamespace):
+            rows += _input_rows(port, f"{prefix}{name}.")
+            continue
+        help_text = (port.help or "").replace("|", "\\|").replace("\n", " ")
+        rows.append(f"| `{prefix}{name}` | {_valid_type(port)} | {'yes' if port.required else 'no'} | {help_text} |")
+    return rows
+
+
 def render() -> str:
     lines = [
         "# Reference",
@@ -38,11 +60,7 @@ def render() -> str:
         spec = process.spec()
         lines += [f"## {process.__name__}", "", (process.__doc__ or "").strip().splitlines()[0], ""]
         lines += ["### Inputs", "", "| name | type | required | help |", "|---|---|---|---|"]
-        for name, port in sorted(spec.inputs.items()):
-            if name in ("metadata", "monitors", "remote_folder"):
-                continue
-            help_text = (port.help or "").replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| `{name}` | {_valid_type(port)} | {'yes' if port.required else 'no'} | {help_text} |")
+        lines += _input_rows(spec.inputs)
         lines += ["", "### Outputs", "", "| name | type | required | help |", "|---|---|---|---|"]
         for name, port in sorted(spec.outputs.items()):
             help_text = (port.help or "").replace("|", "\\|").replace("\n", " ")

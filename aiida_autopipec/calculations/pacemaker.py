@@ -16,6 +16,7 @@ from aiida_autopipec.learning import files
 from aiida_autopipec.learning.config_gen import ConfigError, PacemakerConfigGenerator
 from aiida_autopipec.learning.dataset import DatasetError
 from aiida_autopipec.learning.pacemaker import post_fit_script, prepare_fit
+from aiida_autopipec.learning.potential import PotentialFileError, potential_info
 
 __all__ = ["PacemakerCalculation", "system_config_from_inputs"]
 
@@ -48,6 +49,9 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
     """Reject bad parameters, settings and data before anything is submitted."""
     training_set = inputs.get("training_set")
     test_set = inputs.get("test_set")
+    for label, data in (("training_set", training_set), ("test_set", test_set)):
+        if data is not None and not data.labelled:
+            return f"{label}: is unlabelled (no energies or forces) and cannot be fitted; label it first (ase_label)"
     parameters = inputs["parameters"].get_dict() if "parameters" in inputs else {}
     try:
         config = system_config_from_inputs(parameters, training_set, test_set)
@@ -73,6 +77,22 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
             "use prepend_text, or the append text of the code or computer"
         )
     initial = inputs.get("initial_potential")
+    restart = inputs.get("restart_potential")
+    if initial is not None and restart is not None:
+        return (
+            "initial_potential and restart_potential: give at most one (restart_potential continues an interrupted "
+            "fit of the same data, initial_potential warm-starts a new fit)"
+        )
+    if (initial is not None or restart is not None) and "potential" in (settings.get("pacemaker") or {}):
+        which = "initial_potential" if initial is not None else "restart_potential"
+        return f"settings.pacemaker.potential: the basis comes from {which}, it cannot be overridden"
+    if restart is not None:
+        try:
+            restart_elements = potential_info(restart.get_content())["elements"]
+        except (PotentialFileError, UnicodeDecodeError, AttributeError) as exc:
+            return f"restart_potential: not a Pacemaker B-basis .yaml: {exc}"
+        if sorted(restart_elements) != sorted(config.elements):
+            return f"restart_potential: covers {restart_elements} but the fit needs {config.elements}"
     if initial is not None and sorted(initial.elements) != sorted(config.elements):
         return f"initial_potential: covers {initial.elements} but the fit needs {config.elements}"
     if (
@@ -113,6 +133,16 @@ class PacemakerCalculation(CalcJob):
             help="Continue from this potential (warm start: same basis, previous coefficients).",
         )
         spec.input(
+            "restart_potential",
+            valid_type=orm.SinglefileData,
+            required=False,
+            help=(
+                "Continue an interrupted fit of the same data from this bare B-basis .yaml (e.g. the "
+                "`interim_potential` of a killed run); reference energies and repulsion cutoffs are recomputed from "
+                "the data, which gives the same values. Not together with `initial_potential`."
+            ),
+        )
+        spec.input(
             "settings",
             valid_type=orm.Dict,
             required=False,
@@ -143,6 +173,15 @@ class PacemakerCalculation(CalcJob):
             valid_type=orm.ArrayData,
             required=False,
             help="Energy (eV) and force (eV/Å) of every element pair as a dimer, 0.3 Å to the cutoff.",
+        )
+        spec.output(
+            "interim_potential",
+            valid_type=orm.SinglefileData,
+            required=False,
+            help=(
+                "Pacemaker's last interim_potential_0.yaml of a failed run (B-basis), to continue the fit with "
+                "`restart_potential`."
+            ),
         )
         spec.default_output_node = "metrics"
 
@@ -175,6 +214,11 @@ class PacemakerCalculation(CalcJob):
         training_set = self.inputs.training_set
         test_set = self.inputs.get("test_set")
         initial = self.inputs.get("initial_potential")
+        restart = self.inputs.get("restart_potential")
+        # A restart is a bare B-basis: references and cutoffs are recomputed from the same data (deterministic).
+        initial_yaml = initial.get_yaml() if initial is not None else None
+        if restart is not None:
+            initial_yaml = restart.get_content()
         settings = self.inputs.settings.get_dict() if "settings" in self.inputs else {}
         config = system_config_from_inputs(self.inputs.parameters.get_dict(), training_set, test_set)
         try:
@@ -183,7 +227,7 @@ class PacemakerCalculation(CalcJob):
                 PacemakerConfigGenerator(config, settings.get("pacemaker")),
                 training_set.get_arrays(),
                 test_set.get_arrays() if test_set is not None else None,
-                initial.get_yaml() if initial is not None else None,
+                initial_yaml,
                 initial.reference_energies if initial is not None else None,
                 (initial.short_range or {}).get("pair_cutoffs") if initial is not None else None,
             )

@@ -1,4 +1,4 @@
-"""``TrainingSetData``: labelled structures (energies in eV, forces in eV/Å) stored without pickle."""
+"""``TrainingSetData``: structures with energies (eV) and forces (eV/Å), or unlabelled ones, stored without pickle."""
 
 from __future__ import annotations
 
@@ -35,11 +35,13 @@ def _content_hash(arrays: StructureArrays) -> str:
 
 
 class TrainingSetData(orm.Data):
-    """Structures with reference energies (eV) and forces (eV/Å) for fitting.
+    """Structures with reference energies (eV) and forces (eV/Å) for fitting, or without them (``labelled`` False:
+    candidates to be labelled, e.g. by ``AseLabelCalculation``; they cannot be fitted).
 
     The data live in the file repository as ``.npz`` shards (loaded with ``allow_pickle=False``), one per addition,
     so a merged set re-uses the files of its parts (the repository de-duplicates them) instead of copying them.
-    Attributes: ``num_structures``, ``num_atoms``, ``elements``, ``content_hash`` and the list of ``shards``.
+    Attributes: ``num_structures``, ``num_atoms``, ``elements``, ``content_hash``, ``labelled``, the list of
+    ``shards`` and, for labelled sets only, ``energy_range`` (eV) and ``max_abs_force`` (eV/Å).
     """
 
     def __init__(self, arrays: StructureArrays | None = None, **kwargs: Any):
@@ -49,13 +51,18 @@ class TrainingSetData(orm.Data):
 
     # -- constructors --------------------------------------------------------------------------------------
     @classmethod
-    def from_ase(cls, structures: Sequence[Atoms], elements: Sequence[str] | None = None) -> TrainingSetData:
-        """From ASE structures carrying energy and forces (calculator results or extxyz info/arrays)."""
-        return cls(arrays=StructureArrays.from_atoms(structures, elements))
+    def from_ase(
+        cls, structures: Sequence[Atoms], elements: Sequence[str] | None = None, labelled: bool = True
+    ) -> TrainingSetData:
+        """From ASE structures carrying energy and forces (calculator results or extxyz info/arrays).
+
+        ``labelled=False``: keep only the structures (any labels they carry are ignored), e.g. candidates to label.
+        """
+        return cls(arrays=StructureArrays.from_atoms(structures, elements, labelled=labelled))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, index: str = ":", **kwargs: Any) -> TrainingSetData:
-        """From an extxyz file with energies and forces."""
+        """From an extxyz file with energies and forces (``labelled=False``: structures only)."""
         return cls.from_ase(read_extxyz(path, index), **kwargs)
 
     @classmethod
@@ -91,6 +98,12 @@ class TrainingSetData(orm.Data):
         """One set holding the shards of all given sets, in order; stored files are reused, not re-encoded."""
         if not training_sets:
             raise DatasetError("nothing to merge")
+        if len({training_set.labelled for training_set in training_sets}) > 1:
+            unlabelled = [index for index, training_set in enumerate(training_sets) if not training_set.labelled]
+            raise DatasetError(
+                f"cannot merge labelled and unlabelled sets (sets {unlabelled} are unlabelled): "
+                "label the candidates first, or merge their without_labels() copies"
+            )
         merged = cls()
         shards = []
         for training_set in training_sets:
@@ -101,10 +114,17 @@ class TrainingSetData(orm.Data):
         merged._set_attributes(shards, [s.get_arrays() for s in training_sets])
         return merged
 
+    def without_labels(self) -> TrainingSetData:
+        """A new (unstored) unlabelled set of the same structures: labels, if any, are dropped."""
+        return type(self)(arrays=self.get_arrays().without_labels())
+
     # -- storage -------------------------------------------------------------------------------------------
     def _set_shards(self, parts: Sequence[StructureArrays]) -> None:
-        shards = []
+        shards, stored = [], []
         for arrays in parts:
+            if not arrays.labelled:  # one NaN bit pattern, so equal structures hash equal
+                arrays = arrays.without_labels()
+            stored.append(arrays)
             content_hash = _content_hash(arrays)
             buffer = io.BytesIO()
             arrays.save_npz(buffer)
@@ -118,7 +138,7 @@ class TrainingSetData(orm.Data):
                     "num_atoms": arrays.num_atoms,
                 }
             )
-        self._set_attributes(shards, parts)
+        self._set_attributes(shards, stored)
 
     def _set_attributes(self, shards: list[dict], parts: Sequence[StructureArrays]) -> None:
         joined = StructureArrays.concatenate(list(parts))
@@ -128,8 +148,10 @@ class TrainingSetData(orm.Data):
         attributes.set("num_atoms", joined.num_atoms)
         attributes.set("elements", joined.elements)
         attributes.set("content_hash", _content_hash(joined))
-        attributes.set("energy_range", [float(joined.energies.min()), float(joined.energies.max())])
-        attributes.set("max_abs_force", float(np.abs(joined.forces).max()))
+        attributes.set("labelled", joined.labelled)
+        if joined.labelled:
+            attributes.set("energy_range", [float(joined.energies.min()), float(joined.energies.max())])
+            attributes.set("max_abs_force", float(np.abs(joined.forces).max()))
 
     # -- access --------------------------------------------------------------------------------------------
     @property
@@ -148,6 +170,11 @@ class TrainingSetData(orm.Data):
     def content_hash(self) -> str:
         return self.base.attributes.get("content_hash")
 
+    @property
+    def labelled(self) -> bool:
+        """Whether the structures carry energies and forces (sets stored before the flag existed are labelled)."""
+        return bool(self.base.attributes.get("labelled", True))
+
     def get_arrays(self) -> StructureArrays:
         """All structures as one :class:`StructureArrays` (shards joined in order)."""
         parts = []
@@ -157,7 +184,7 @@ class TrainingSetData(orm.Data):
         return StructureArrays.concatenate(parts)
 
     def to_ase(self) -> list[Atoms]:
-        """ASE structures with energy (eV) and forces (eV/Å) in a SinglePointCalculator."""
+        """ASE structures with energy (eV) and forces (eV/Å) in a SinglePointCalculator (none when unlabelled)."""
         return self.get_arrays().to_atoms()
 
     def __len__(self) -> int:

@@ -1,7 +1,8 @@
 """The one place that converts between ASE structures, safe array storage and Pacemaker's dataset.
 
-* :class:`StructureArrays`: labelled structures as flat numpy arrays; saved as ``.npz`` without pickle,
-  which is what ``TrainingSetData`` stores.
+* :class:`StructureArrays`: structures as flat numpy arrays, labelled (energies and forces) or not (candidates
+  still to be labelled: NaN in place of labels); saved as ``.npz`` without pickle, which is what ``TrainingSetData``
+  stores.
 * :func:`to_pacemaker_dataframe` / :func:`write_pacemaker_dataset`: Pacemaker's gzip-pickled DataFrame
   (``ase_atoms``, ``energy``, ``forces``, ``energy_corrected``, optional ``w_energy``/``w_forces``); written only
   into working directories, never stored.
@@ -84,9 +85,11 @@ def _minimum_distance(atoms: Atoms) -> float:
 
 @dataclass(frozen=True)
 class StructureArrays:
-    """Labelled structures as flat arrays: the safe, exact storage format (``.npz``, no pickle).
+    """Structures as flat arrays: the safe, exact storage format (``.npz``, no pickle).
 
-    Per-atom arrays are concatenated over structures; ``natoms`` gives the split.
+    Per-atom arrays are concatenated over structures; ``natoms`` gives the split. With ``labelled=False`` the set
+    holds structures without reference data (e.g. candidates of active learning): ``energies`` and ``forces``
+    keep their shapes but are all NaN, and nothing may fit them.
     """
 
     numbers: np.ndarray  # (n_atoms_total,) atomic numbers
@@ -96,16 +99,24 @@ class StructureArrays:
     cells: np.ndarray  # (n_structures, 3, 3) Å
     pbc: np.ndarray  # (n_structures, 3) bool
     energies: np.ndarray  # (n_structures,) eV
+    labelled: bool = True  # False: energies and forces are all NaN
 
     FIELDS = ("numbers", "positions", "forces", "natoms", "cells", "pbc", "energies")
+    #: Array written to ``.npz`` only for unlabelled sets (a file without it is labelled, as older files are).
+    LABELLED_KEY = "labelled"
 
     def __post_init__(self) -> None:
         self.validate()
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
-    def from_atoms(cls, structures: Iterable[Atoms], elements: Sequence[str] | None = None) -> StructureArrays:
-        """Collect labels from ASE structures (calculator results or extxyz info/arrays) and validate them."""
+    def from_atoms(
+        cls, structures: Iterable[Atoms], elements: Sequence[str] | None = None, labelled: bool = True
+    ) -> StructureArrays:
+        """Collect labels from ASE structures (calculator results or extxyz info/arrays) and validate them.
+
+        With ``labelled=False`` only the geometry is kept: labels that are present are ignored, none are required.
+        """
         structures = list(structures)
         if not structures:
             raise DatasetError("the dataset is empty: at least one structure is required")
@@ -115,7 +126,10 @@ class StructureArrays:
                 raise DatasetError(f"structure {index}: expected ase.Atoms, got {type(atoms).__name__}")
             if len(atoms) == 0:
                 raise DatasetError(f"structure {index}: has no atoms")
-            energy, atom_forces = _labels(atoms, index)
+            if labelled:
+                energy, atom_forces = _labels(atoms, index)
+            else:
+                energy, atom_forces = np.nan, np.full((len(atoms), 3), np.nan)
             if atom_forces.shape != (len(atoms), 3):
                 raise DatasetError(
                     f"structure {index} ({atoms.get_chemical_formula()}): forces have shape "
@@ -136,6 +150,7 @@ class StructureArrays:
             cells=np.asarray(cells, dtype=float),
             pbc=np.asarray(pbc, dtype=bool),
             energies=np.asarray(energies, dtype=float),
+            labelled=labelled,
         )
         if elements is not None:
             arrays.check_elements(elements)
@@ -144,14 +159,78 @@ class StructureArrays:
 
     @classmethod
     def concatenate(cls, parts: Sequence[StructureArrays]) -> StructureArrays:
-        """Join several sets in order (e.g. the shards of a training set)."""
+        """Join several sets in order (e.g. the shards of a training set); all labelled, or all unlabelled."""
         if not parts:
             raise DatasetError("the dataset is empty: at least one structure is required")
-        return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in cls.FIELDS})
+        flags = [part.labelled for part in parts]
+        if len(set(flags)) > 1:
+            unlabelled = [index for index, flag in enumerate(flags) if not flag]
+            raise DatasetError(
+                f"cannot join labelled and unlabelled structures (parts {unlabelled} are unlabelled): "
+                "label the candidates first, or drop the labels of the others"
+            )
+        return cls(
+            **{name: np.concatenate([getattr(p, name) for p in parts]) for name in cls.FIELDS}, labelled=flags[0]
+        )
+
+    def take(self, indices: Sequence[int]) -> StructureArrays:
+        """The structures at ``indices`` (in that order), with their labels if any."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(indices) == 0:
+            raise DatasetError("the dataset is empty: at least one structure is required")
+        if (indices < 0).any() or (indices >= self.num_structures).any():
+            raise DatasetError(f"structure indices {indices.tolist()} outside 0..{self.num_structures - 1}")
+        offsets = self.offsets
+        atoms = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in indices])
+        return StructureArrays(
+            numbers=self.numbers[atoms],
+            positions=self.positions[atoms],
+            forces=self.forces[atoms],
+            natoms=self.natoms[indices],
+            cells=self.cells[indices],
+            pbc=self.pbc[indices],
+            energies=self.energies[indices],
+            labelled=self.labelled,
+        )
+
+    def with_labels(self, energies: np.ndarray, forces: np.ndarray) -> StructureArrays:
+        """The same structures labelled with ``energies`` (eV, one per structure) and ``forces`` (eV/Å, per atom)."""
+        return StructureArrays(
+            numbers=self.numbers,
+            positions=self.positions,
+            forces=np.asarray(forces, dtype=float),
+            natoms=self.natoms,
+            cells=self.cells,
+            pbc=self.pbc,
+            energies=np.asarray(energies, dtype=float),
+            labelled=True,
+        )
+
+    def without_labels(self) -> StructureArrays:
+        """The same structures, unlabelled (energies and forces NaN)."""
+        return StructureArrays(
+            numbers=self.numbers,
+            positions=self.positions,
+            forces=np.full_like(self.forces, np.nan, dtype=float),
+            natoms=self.natoms,
+            cells=self.cells,
+            pbc=self.pbc,
+            energies=np.full_like(self.energies, np.nan, dtype=float),
+            labelled=False,
+        )
+
+    def require_labels(self, purpose: str = "it cannot be fitted") -> None:
+        """Raise :class:`DatasetError` for an unlabelled set: ``purpose`` says what needed the labels."""
+        if not self.labelled:
+            raise DatasetError(
+                f"the dataset is unlabelled (no reference energies or forces): {purpose}; "
+                "label its structures first (e.g. with AseLabelCalculation)"
+            )
 
     # -- checks -------------------------------------------------------------------------------------------
     def validate(self) -> None:
-        """Shapes agree and every number is finite; raises :class:`DatasetError` naming the first problem."""
+        """Shapes agree and every number is finite (labels all NaN when unlabelled); raises :class:`DatasetError`
+        naming the first problem."""
         n_structures = len(self.natoms)
         n_atoms = int(self.natoms.sum()) if n_structures else 0
         if n_structures == 0:
@@ -169,7 +248,18 @@ class StructureArrays:
         for name, shape in expected.items():
             if getattr(self, name).shape != shape:
                 raise DatasetError(f"{name}: shape {getattr(self, name).shape}, expected {shape}")
-        for name, what in (("energies", "energy"), ("forces", "forces"), ("positions", "positions")):
+        if not isinstance(self.labelled, (bool, np.bool_)):
+            raise DatasetError(f"labelled: expected True or False, got {self.labelled!r}")
+        checked = (("energies", "energy"), ("forces", "forces"), ("positions", "positions"))
+        if not self.labelled:
+            for name, what in checked[:2]:
+                values = getattr(self, name)
+                if not np.isnan(values).all():
+                    bad = np.argwhere(~np.isnan(values))[0][0]
+                    structure = bad if name == "energies" else int(np.searchsorted(self.offsets[1:], bad, "right"))
+                    raise DatasetError(f"structure {structure}: unlabelled, but has a value for its {what}")
+            checked = checked[2:]
+        for name, what in checked:
             finite = np.isfinite(getattr(self, name))
             if not finite.all():
                 bad = np.argwhere(~finite)[0][0]
@@ -235,7 +325,10 @@ class StructureArrays:
         return counts
 
     def to_atoms(self, with_labels: bool = True) -> list[Atoms]:
-        """ASE structures; with labels attached as a SinglePointCalculator (energy in eV, forces in eV/Å)."""
+        """ASE structures; with labels attached as a SinglePointCalculator (energy in eV, forces in eV/Å).
+
+        An unlabelled set gives structures without a calculator.
+        """
         structures = []
         offsets = self.offsets
         for i in range(self.num_structures):
@@ -246,7 +339,7 @@ class StructureArrays:
                 cell=self.cells[i],
                 pbc=self.pbc[i],
             )
-            if with_labels:
+            if with_labels and self.labelled:
                 atoms.calc = SinglePointCalculator(
                     atoms, energy=float(self.energies[i]), forces=self.forces[start:stop].copy()
                 )
@@ -255,7 +348,10 @@ class StructureArrays:
 
     # -- safe file format ---------------------------------------------------------------------------------
     def save_npz(self, handle: IO[bytes] | str | os.PathLike) -> None:
-        np.savez_compressed(handle, **{name: getattr(self, name) for name in self.FIELDS})
+        arrays = {name: getattr(self, name) for name in self.FIELDS}
+        if not self.labelled:  # labelled files keep exactly the layout they always had
+            arrays[self.LABELLED_KEY] = np.array(False)
+        np.savez_compressed(handle, **arrays)
 
     @classmethod
     def load_npz(cls, handle: IO[bytes] | str | os.PathLike) -> StructureArrays:
@@ -264,7 +360,13 @@ class StructureArrays:
             missing = [name for name in cls.FIELDS if name not in data.files]
             if missing:
                 raise DatasetError(f"not a structure archive: arrays {missing} are missing")
-            return cls(**{name: data[name] for name in cls.FIELDS})
+            labelled = True
+            if cls.LABELLED_KEY in data.files:
+                flag = data[cls.LABELLED_KEY]
+                if flag.dtype != bool or flag.shape != ():
+                    raise DatasetError(f"'{cls.LABELLED_KEY}' must be a boolean scalar, got {flag.dtype} {flag.shape}")
+                labelled = bool(flag)
+            return cls(**{name: data[name] for name in cls.FIELDS}, labelled=labelled)
 
 
 def fit_reference_energies(arrays: StructureArrays, elements: Sequence[str]) -> dict[str, float]:
@@ -273,6 +375,7 @@ def fit_reference_energies(arrays: StructureArrays, elements: Sequence[str]) -> 
     Fitting on energy differences between compositions removes the large constant part that the ACE model would
     otherwise have to learn. Elements without data get 0; degenerate compositions get the minimum-norm solution.
     """
+    arrays.require_labels("reference energies cannot be fitted")
     counts = arrays.composition_matrix(elements)
     solution, *_ = np.linalg.lstsq(counts, arrays.energies, rcond=None)
     return {element: float(value) for element, value in zip(elements, solution, strict=True)}
@@ -316,6 +419,7 @@ def to_pacemaker_dataframe(
     """
     import pandas as pd
 
+    arrays.require_labels("it cannot be fitted")
     structures = arrays.to_atoms(with_labels=False)
     offsets = arrays.offsets
     energy_corrected, forces = corrected_energies(arrays, reference_energies), arrays.forces

@@ -18,16 +18,17 @@ from aiida.parsers import Parser
 from aiida_autopipec.data import PotentialData
 from aiida_autopipec.learning import files
 from aiida_autopipec.learning.baseline import check_dimer_curves
-from aiida_autopipec.learning.metrics import LogParser, MetricsError, TrainingMetrics
+from aiida_autopipec.learning.metrics import LogParser, MetricsError, TrainingMetrics, read_metrics_table
 from aiida_autopipec.learning.pacemaker import REFERENCE_ENERGIES_JSON, error_summary
-from aiida_autopipec.learning.potential import PotentialFileError, set_reference_energies
+from aiida_autopipec.learning.potential import PotentialFileError, potential_info, set_reference_energies
 
 __all__ = ["PacemakerParser"]
 
 #: What TensorFlow prints when a tensor allocation fails (CPU or GPU).
 OUT_OF_MEMORY_MARKERS = ("ResourceExhaustedError", "OOM when allocating", "std::bad_alloc", "MemoryError")
-#: Exit codes of a process ended by a signal: timeout(1), SIGKILL, SIGTERM.
-KILLED_EXIT_STATUSES = {124: "timeout", 137: "SIGKILL", 143: "SIGTERM"}
+#: Exit codes of a process ended by a signal: timeout(1), SIGKILL (also ``ulimit -t`` at the hard limit),
+#: SIGTERM, SIGXCPU (CPU-time soft limit: ``ulimit -S -t``, batch systems' CPU-time limits).
+KILLED_EXIT_STATUSES = {124: "timeout", 137: "SIGKILL", 143: "SIGTERM", 152: "SIGXCPU"}
 
 
 def _tail(text: str, lines: int = 15) -> str:
@@ -39,7 +40,37 @@ class PacemakerParser(Parser):
 
     def parse(self, **kwargs) -> ExitCode | None:
         with self.retrieved.base.repository.as_path() as folder:
-            return self._parse_folder(Path(folder))
+            exit_code = self._parse_folder(Path(folder))
+            if exit_code is not None and exit_code.status != 0:
+                # A failed run hands on where it got to, so a restart can continue it (and provenance shows from what).
+                self._attach_interim_potential(Path(folder))
+            return exit_code
+
+    def _attach_interim_potential(self, folder: Path) -> None:
+        """Output Pacemaker's ``interim_potential_0.yaml`` if it is complete (its writes are not atomic)."""
+        path = folder / files.INTERIM_POTENTIAL
+        if not path.is_file():
+            return
+        problem = self._interim_problem(folder, path.read_text(errors="replace"))
+        if problem:
+            self.logger.warning(f"{files.INTERIM_POTENTIAL} is not attached: {problem}")
+            return
+        self.out("interim_potential", orm.SinglefileData(path, filename=files.INTERIM_POTENTIAL))
+
+    @staticmethod
+    def _interim_problem(folder: Path, text: str) -> str | None:
+        """Why the interim potential is unusable: not a B-basis, or fewer functions than the fit had (cut off)."""
+        try:
+            num_functions = potential_info(text)["num_functions"]
+        except (ValueError, TypeError, AttributeError) as exc:  # PotentialFileError, or cut off inside a block
+            return str(exc)
+        try:
+            fitted = read_metrics_table(folder / files.TRAIN_METRICS).get("nfuncs")
+        except (MetricsError, OSError):
+            fitted = None
+        if fitted is not None and len(fitted) and int(fitted[-1]) != num_functions:
+            return f"it has {num_functions} basis functions but the fit had {int(fitted[-1])} (cut off by the kill?)"
+        return None
 
     def _parse_folder(self, folder: Path) -> ExitCode | None:
         exit_codes = self.exit_codes

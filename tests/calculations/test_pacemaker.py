@@ -146,3 +146,53 @@ def test_bad_inputs_rejected_before_anything_is_stored(inputs, change, message):
     with pytest.raises(ValueError, match=message):
         run_get_node(PacemakerCalculation, **inputs)
     assert orm.QueryBuilder().append(orm.Node).count() == nodes_before
+
+
+def _recorded(case: str, name: str) -> str:
+    from tests.conftest import RECORDED
+
+    return (RECORDED / case / name).read_text()
+
+
+def test_restart_potential_continues_from_a_bare_yaml(generate_calc_job, inputs):
+    """restart_potential: Pacemaker starts from the given B-basis; references and cutoffs are the fresh fit's."""
+    fresh, _ = generate_calc_job("autopipec.pacemaker", inputs)
+    expected = {
+        name: json.loads((fresh / name).read_text()) for name in (REFERENCE_ENERGIES_JSON, files.EVALUATION_INPUT)
+    }
+    interim = _recorded("killed", files.INTERIM_POTENTIAL)
+    inputs["restart_potential"] = orm.SinglefileData.from_string(interim, files.INTERIM_POTENTIAL)
+    folder, _ = generate_calc_job("autopipec.pacemaker", inputs)
+    assert yaml.safe_load((folder / files.INPUT_YAML).read_text())["potential"] == files.INITIAL_POTENTIAL
+    assert (folder / files.INITIAL_POTENTIAL).read_text() == interim
+    for name, content in expected.items():
+        assert json.loads((folder / name).read_text()) == content
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("both", "give at most one"),
+        ("not_a_potential", "not a Pacemaker B-basis"),
+        ("elements", "covers"),
+        ("basis_override", "settings.pacemaker.potential"),
+    ],
+)
+def test_bad_restart_potential_rejected(inputs, change, message):
+    from aiida_autopipec.data import PotentialData
+
+    interim = _recorded("killed", files.INTERIM_POTENTIAL)
+    inputs["restart_potential"] = orm.SinglefileData.from_string(interim, files.INTERIM_POTENTIAL)
+    if change == "both":
+        inputs["initial_potential"] = PotentialData(
+            yace=_recorded("success", files.OUTPUT_POTENTIAL_YACE),
+            yaml=_recorded("success", files.OUTPUT_POTENTIAL_YAML),
+        )
+    elif change == "not_a_potential":
+        inputs["restart_potential"] = orm.SinglefileData.from_string("fit: {maxiter: 3}\n")
+    elif change == "elements":
+        inputs["parameters"] = orm.Dict({**inputs["parameters"].get_dict(), "elements": ["Al", "Cu", "Ni"]})
+    elif change == "basis_override":
+        inputs["settings"] = orm.Dict({"pacemaker": {"potential": {"deltaSplineBins": 0.002}}})
+    with pytest.raises(ValueError, match=message):
+        run_get_node(PacemakerCalculation, **inputs)

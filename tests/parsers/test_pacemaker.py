@@ -140,3 +140,53 @@ def test_unsafe_model_fails_when_a_baseline_was_asked_for(generate_calc_job_node
     assert "Al-Cu" in calcfunction.exit_message
     assert results["metrics"]["short_range"]["safe"] is False  # the outputs stay attached for inspection
     assert "dimer_curves" in results and "potential" in results
+
+
+@pytest.mark.parametrize("case", ["killed", "killed_sigkill", "killed_job", "exit_after_potential"])
+def test_failed_run_hands_on_its_interim_potential(generate_calc_job_node, case):
+    """A failed run that got to fitting outputs Pacemaker's interim potential, to continue from (restart_potential)."""
+    from tests.conftest import RECORDED
+
+    results, calcfunction = parse(generate_calc_job_node, case)
+    assert calcfunction.is_failed
+    interim = results["interim_potential"]
+    assert interim.filename == "interim_potential_0.yaml"
+    assert interim.get_content() == (RECORDED / case / "interim_potential_0.yaml").read_text()
+
+
+@pytest.mark.parametrize("case", ["success", "nan_loss", "error_exit"])
+def test_no_interim_potential_without_one_or_on_success(generate_calc_job_node, case):
+    results, _ = parse(generate_calc_job_node, case)
+    assert "interim_potential" not in results
+
+
+@pytest.mark.parametrize("keep", [0.5, -2])
+def test_truncated_interim_potential_is_not_attached(generate_calc_job_node, keep):
+    """Pacemaker's writes are not atomic: a kill mid-write can leave a cut-off file, which is not handed on.
+
+    Cut in half it is not a B-basis any more; without its last two lines it is still valid YAML with every species
+    block, only with fewer functions than the fit had (metrics.txt ``nfuncs``).
+    """
+    from aiida import orm
+    from aiida.common import LinkType
+
+    node = generate_calc_job_node("killed")
+    recorded = node.outputs.retrieved
+    truncated = orm.FolderData()
+    for name in recorded.base.repository.list_object_names():
+        content = recorded.base.repository.get_object_content(name, mode="rb")
+        if name == "interim_potential_0.yaml":
+            lines = content.decode().splitlines(keepends=True)
+            content = "".join(lines[: int(len(lines) * keep) if keep > 0 else keep]).encode()
+        truncated.base.repository.put_object_from_bytes(content, name)
+    # The same calculation, with the cut-off file retrieved instead.
+    clone = orm.CalcJobNode(computer=node.computer, process_type=node.process_type)
+    clone.set_option("resources", {"num_machines": 1, "num_mpiprocs_per_machine": 1})
+    clone.base.links.add_incoming(node.inputs.parameters, LinkType.INPUT_CALC, "parameters")
+    clone.store()
+    truncated.base.links.add_incoming(clone, LinkType.CREATE, "retrieved")
+    truncated.store()
+    results, calcfunction = PacemakerParser.parse_from_node(clone, store_provenance=False)
+    assert calcfunction.exit_status == PacemakerCalculation.exit_codes.ERROR_PACEMAKER_KILLED.status
+    assert "interim_potential" not in results
+    assert "learning_curve" in results
