@@ -11,7 +11,9 @@ REFERENCE = Path(__file__).parent / "reference.md"
 PROCESSES = [
     "aiida_autopipec.calculations.pacemaker:PacemakerCalculation",
     "aiida_autopipec.calculations.ase_label:AseLabelCalculation",
+    "aiida_autopipec.calculations.select:SelectionCalculation",
     "aiida_autopipec.workflows.base:PacemakerBaseWorkChain",
+    "aiida_autopipec.workflows.active_learning:ActiveLearningWorkChain",
 ]
 #: Ports of the engine, not of this plugin (in exposed namespaces too).
 SKIPPED_INPUTS = ("metadata", "monitors", "remote_folder")
