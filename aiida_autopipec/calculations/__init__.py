@@ -1,1 +1,1 @@
-"""calculations"""
+"""AiiDA CalcJobs: the Pacemaker fit, ASE labelling and extrapolation-grade selection."""

@@ -18,6 +18,7 @@ from aiida import orm
 from aiida.common import datastructures
 from aiida.engine import CalcJob
 
+from aiida_autopipec.calculations.common import serial_job_defaults
 from aiida_autopipec.data import TrainingSetData
 from aiida_autopipec.learning import label_structures
 
@@ -90,12 +91,7 @@ class AseLabelCalculation(CalcJob):
             "Python, and `kwargs` (JSON) to create it with.",
         )
         spec.inputs.validator = validate_inputs
-        spec.inputs["metadata"]["options"]["resources"].default = {
-            "num_machines": 1,
-            "num_mpiprocs_per_machine": 1,
-        }
-        spec.inputs["metadata"]["options"]["parser_name"].default = "autopipec.ase_label"
-        spec.inputs["metadata"]["options"]["withmpi"].default = False
+        serial_job_defaults(spec, "autopipec.ase_label")
 
         spec.output(
             "labelled",

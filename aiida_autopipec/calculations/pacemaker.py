@@ -10,6 +10,7 @@ from aiida.common import datastructures
 from aiida.engine import CalcJob
 from pydantic import ValidationError
 
+from aiida_autopipec.calculations.common import serial_job_defaults
 from aiida_autopipec.config import SystemConfig
 from aiida_autopipec.data import PotentialData, TrainingSetData
 from aiida_autopipec.learning import files
@@ -149,12 +150,7 @@ class PacemakerCalculation(CalcJob):
             help=f"Expert settings: {', '.join(f'`{k}`: {v}' for k, v in SETTINGS_KEYS.items())}.",
         )
         spec.inputs.validator = validate_inputs
-        spec.inputs["metadata"]["options"]["resources"].default = {
-            "num_machines": 1,
-            "num_mpiprocs_per_machine": 1,
-        }
-        spec.inputs["metadata"]["options"]["parser_name"].default = "autopipec.pacemaker"
-        spec.inputs["metadata"]["options"]["withmpi"].default = False
+        serial_job_defaults(spec, "autopipec.pacemaker")
 
         spec.output("potential", valid_type=PotentialData, help="The fitted potential (.yace + B-basis .yaml).")
         spec.output(

@@ -18,6 +18,7 @@ from aiida import orm
 from aiida.common import datastructures
 from aiida.engine import CalcJob
 
+from aiida_autopipec.calculations.common import serial_job_defaults
 from aiida_autopipec.data import PotentialData, TrainingSetData
 from aiida_autopipec.learning import select_structures
 
@@ -114,12 +115,7 @@ class SelectionCalculation(CalcJob):
             "treated as unphysical and skipped); `method`: 'max_gamma' (default, highest γ in the window first).",
         )
         spec.inputs.validator = validate_inputs
-        spec.inputs["metadata"]["options"]["resources"].default = {
-            "num_machines": 1,
-            "num_mpiprocs_per_machine": 1,
-        }
-        spec.inputs["metadata"]["options"]["parser_name"].default = "autopipec.select"
-        spec.inputs["metadata"]["options"]["withmpi"].default = False
+        serial_job_defaults(spec, "autopipec.select")
 
         spec.output(
             "selected",

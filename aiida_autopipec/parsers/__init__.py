@@ -1,1 +1,1 @@
-"""parsers"""
+"""Parsers of the plugin's CalcJobs (one module per CalcJob)."""

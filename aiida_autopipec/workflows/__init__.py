@@ -1,1 +1,1 @@
-"""workflows"""
+"""Work chains: the self-healing training run and the active-learning loop."""
