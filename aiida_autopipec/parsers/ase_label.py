@@ -8,7 +8,6 @@ what is stored is exactly what was sent.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +18,9 @@ from aiida.parsers import Parser
 from aiida_autopipec.calculations.ase_label import OUTPUT, REPORT, STDERR
 from aiida_autopipec.data import TrainingSetData
 from aiida_autopipec.learning.dataset import DatasetError
+from aiida_autopipec.parsers.common import read_script_report
 
 __all__ = ["AseLabelParser"]
-
-
-def _tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 class AseLabelParser(Parser):
@@ -40,20 +36,9 @@ class AseLabelParser(Parser):
         structures = self.node.inputs.structures
         num_structures = structures.num_structures
 
-        report_path = folder / REPORT
-        if not report_path.is_file():
-            if self.node.exit_status == exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME.status:
-                return exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME
-            stderr = (folder / STDERR).read_text(errors="replace") if (folder / STDERR).is_file() else ""
-            return exit_codes.ERROR_OUTPUT_MISSING.format(
-                filename=REPORT, stderr_tail=_tail(stderr) or "(stderr empty)"
-            )
-        try:
-            report = json.loads(report_path.read_text())
-            if not isinstance(report, dict):
-                raise ValueError(f"expected a JSON object, got {type(report).__name__}")
-        except ValueError as exc:
-            return exit_codes.ERROR_OUTPUT_UNREADABLE.format(filename=REPORT, error=str(exc))
+        report, failure = read_script_report(self, folder, REPORT, STDERR)
+        if failure is not None:
+            return failure
         if "import_error" in report:
             return exit_codes.ERROR_CALCULATOR_IMPORT.format(import_path=import_path, error=report["import_error"])
         if "setup_error" in report:

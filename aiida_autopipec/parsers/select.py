@@ -8,7 +8,6 @@ chosen (every candidate below ``gamma_lower``, above ``gamma_upper``, or some of
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -19,12 +18,9 @@ from aiida.parsers import Parser
 
 from aiida_autopipec.calculations.select import DEFAULTS, OUTPUT, STDERR
 from aiida_autopipec.data import TrainingSetData
+from aiida_autopipec.parsers.common import read_script_report, tail
 
 __all__ = ["SelectionParser"]
-
-
-def _tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 def _check(report: dict, num_candidates: int, max_new: int, lower: float, upper: float) -> np.ndarray:
@@ -69,23 +65,12 @@ class SelectionParser(Parser):
         lower, upper = float(parameters["gamma_lower"]), float(parameters["gamma_upper"])
         num_candidates = candidates.num_structures
 
-        output_path = folder / OUTPUT
-        if not output_path.is_file():
-            if self.node.exit_status == exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME.status:
-                return exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME
-            stderr = (folder / STDERR).read_text(errors="replace") if (folder / STDERR).is_file() else ""
-            return exit_codes.ERROR_OUTPUT_MISSING.format(
-                filename=OUTPUT, stderr_tail=_tail(stderr) or "(stderr empty)"
-            )
-        try:
-            report = json.loads(output_path.read_text())
-            if not isinstance(report, dict):
-                raise ValueError(f"expected a JSON object, got {type(report).__name__}")
-        except ValueError as exc:
-            return exit_codes.ERROR_OUTPUT_UNREADABLE.format(filename=OUTPUT, error=str(exc))
+        report, failure = read_script_report(self, folder, OUTPUT, STDERR)
+        if failure is not None:
+            return failure
         if "error" in report:
             return exit_codes.ERROR_SELECTION_FAILED.format(
-                stage=report.get("stage", "unknown"), error=_tail(str(report["error"]))
+                stage=report.get("stage", "unknown"), error=tail(str(report["error"]))
             )
         try:
             gammas = _check(report, num_candidates, int(parameters["max_new_structures"]), lower, upper)
