@@ -14,7 +14,11 @@ import numpy as np
 from aiida import orm
 from aiida.engine import run_get_node
 from ase import units
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+try:  # ASE >= 3.29
+    from ase.md.velocitydistribution import thermalize_momenta
+except ImportError:
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 from aiida_autopipec.codes import get_or_create_local_code, get_or_create_localhost
@@ -69,7 +73,7 @@ def run_md(potential, steps: int = 200, temperature: float = 600.0, seed: int = 
     """
     atoms = emt_dataset(3, seed=4, rattle=0.0, labelled=False)[2].repeat((2, 2, 1))  # a random alloy
     atoms.calc = potential.get_calculator()
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
+    thermalize_momenta(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
     total = []
     dynamics = VelocityVerlet(atoms, timestep=1.0 * units.fs)
     dynamics.attach(lambda: total.append(atoms.get_total_energy() / len(atoms)), interval=10)

@@ -83,3 +83,18 @@ def test_provenance_links(trained):
     curve = results["learning_curve"]
     assert curve.get_array("iteration")[-1] == 15
     assert np.isfinite(curve.get_array("loss")).all()
+
+
+def test_provenance_queries_walk_from_potential_to_data_and_back(trained):
+    from aiida_autopipec.workflows.queries import potentials_trained_on, training_set_of
+
+    results, node, _ = trained
+    training_set = node.inputs.training_set
+    assert training_set_of(results["potential"]).uuid == training_set.uuid
+    found = potentials_trained_on(training_set)
+    assert [row["potential"].uuid for row in found] == [results["potential"].uuid]
+    rmse = results["metrics"]["test"]["rmse_forces"]
+    assert found[0]["test_rmse_forces"] == pytest.approx(rmse)
+    # The error filter runs in the database: just below the potential's error excludes it.
+    assert potentials_trained_on(training_set, max_test_rmse_forces=rmse * 0.999) == []
+    assert len(potentials_trained_on(training_set, max_test_rmse_forces=rmse * 1.001)) == 1
