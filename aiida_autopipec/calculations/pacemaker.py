@@ -256,3 +256,14 @@ class PacemakerCalculation(CalcJob):
         if executable is not None and PurePosixPath(str(executable)).is_absolute():
             return str(PurePosixPath(str(executable)).parent / name)
         return name
+
+    @classmethod
+    def get_builder_from_protocol(cls, code, training_set, protocol: str | None = None, overrides=None, **kwargs):
+        """Builder for ``protocol`` (fast, moderate, precise): basis and batch size follow the training set's size.
+
+        ``overrides`` (plain dicts, e.g. ``{"parameters": {"maxiter": 50}}``) are deep-merged and validated;
+        ``kwargs``: ``test_set``, ``options`` (metadata.options). See :mod:`aiida_autopipec.protocols`.
+        """
+        from aiida_autopipec import protocols
+
+        return protocols.build(cls, protocols.pacemaker_inputs(code, training_set, protocol, **kwargs), overrides)

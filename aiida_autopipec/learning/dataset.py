@@ -14,7 +14,7 @@ Units: energies in eV, forces in eV/Å, positions and cells in Å.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -30,6 +30,7 @@ __all__ = [
     "fit_reference_energies",
     "read_ase_db",
     "read_extxyz",
+    "read_pacemaker_pickle",
     "to_pacemaker_dataframe",
     "write_extxyz",
     "write_pacemaker_dataset",
@@ -481,8 +482,13 @@ def write_extxyz(path: str | os.PathLike, structures: Sequence[Atoms]) -> Path:
     return path
 
 
-def read_ase_db(path: str | os.PathLike, selection: Any = None, **key_value_pairs: Any) -> list[Atoms]:
-    """Structures with their stored energies/forces from an ASE database (``ase.db`` selection syntax)."""
+def read_ase_db(
+    path: str | os.PathLike, selection: Any = None, progress: Callable | None = None, **key_value_pairs: Any
+) -> list[Atoms]:
+    """Structures with their stored energies/forces from an ASE database (``ase.db`` selection syntax).
+
+    ``progress(rows, length)`` may wrap the row iterator, e.g. in a progress bar for large databases.
+    """
     import ase.db
 
     path = Path(path)
@@ -490,9 +496,42 @@ def read_ase_db(path: str | os.PathLike, selection: Any = None, **key_value_pair
         raise DatasetError(f"{path}: no such database file")
     try:
         with ase.db.connect(path) as database:
-            rows = list(database.select(selection, **key_value_pairs))
+            rows = database.select(selection, **key_value_pairs)
+            if progress is not None:
+                rows = progress(rows, database.count(selection, **key_value_pairs))
+            rows = list(rows)
     except Exception as exc:
         raise DatasetError(f"{path}: cannot be read as an ASE database: {exc}") from exc
     if not rows:
         raise DatasetError(f"{path}: the selection {selection!r} {key_value_pairs or ''} matched no rows")
     return [row.toatoms() for row in rows]
+
+
+def read_pacemaker_pickle(path: str | os.PathLike) -> list[Atoms]:
+    """Structures with total energies (eV) and forces (eV/Å) from Pacemaker's gzip-pickled DataFrame.
+
+    Unpickling runs arbitrary code from the file: call this only for files you trust.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    try:
+        frame = pd.read_pickle(path, compression="infer")
+    except Exception as exc:
+        raise DatasetError(f"{path}: cannot be read as a pickled DataFrame: {exc}") from exc
+    missing = [column for column in ("ase_atoms", "energy", "forces") if column not in getattr(frame, "columns", ())]
+    if missing:
+        raise DatasetError(f"{path}: not a Pacemaker dataset, column(s) {missing} are missing")
+    structures = []
+    rows = zip(frame["ase_atoms"], frame["energy"], frame["forces"], strict=True)
+    for index, (atoms, energy, forces) in enumerate(rows):
+        if not isinstance(atoms, Atoms):
+            raise DatasetError(f"{path}: row {index}: ase_atoms is a {type(atoms).__name__}, not ase.Atoms")
+        atoms = atoms.copy()
+        atoms.calc = SinglePointCalculator(atoms, energy=float(energy), forces=np.asarray(forces, dtype=float))
+        structures.append(atoms)
+    if not structures:
+        raise DatasetError(f"{path}: contains no structures")
+    return structures

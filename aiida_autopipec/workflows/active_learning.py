@@ -309,6 +309,18 @@ class ActiveLearningWorkChain(WorkChain):
         text += f"(target {self.ctx.convergence.rmse_forces}), {outcome}"
         return text + (f" (γ max {gamma:.1f})" if gamma is not None else "")
 
+    @classmethod
+    def get_builder_from_protocol(cls, code, training_set, protocol: str | None = None, overrides=None, **kwargs):
+        """Builder for ``protocol``: fit settings from the matching Pacemaker protocol, convergence from this one.
+
+        ``code`` runs pacemaker; ``kwargs``: ``test_set``, ``candidates``, ``selection_code``, ``labeling_code``,
+        ``calculator`` (import path or ``{"import_path", "kwargs"}``), ``options``. ``overrides`` are deep-merged
+        and validated. See :mod:`aiida_autopipec.protocols`.
+        """
+        from aiida_autopipec import protocols
+
+        return protocols.build(cls, protocols.active_learning_inputs(code, training_set, protocol, **kwargs), overrides)
+
 
 #: Exit codes of the selection that mean "nothing worth labelling" rather than a failure.
 _NOTHING_SELECTABLE = (

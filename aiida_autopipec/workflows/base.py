@@ -266,3 +266,14 @@ class PacemakerBaseWorkChain(BaseRestartWorkChain):
         if not node.is_failed:
             return None
         return self._retry_once(node, f"failed with exit status {node.exit_status} ({_summary(node)})")
+
+    @classmethod
+    def get_builder_from_protocol(cls, code, training_set, protocol: str | None = None, overrides=None, **kwargs):
+        """Builder for ``protocol``: the calculation's protocol inputs under ``pacemaker`` plus the restart budget.
+
+        ``overrides`` are deep-merged and validated (e.g. ``{"pacemaker": {"parameters": {"maxiter": 50}}}``);
+        ``kwargs``: ``test_set``, ``options``. See :mod:`aiida_autopipec.protocols`.
+        """
+        from aiida_autopipec import protocols
+
+        return protocols.build(cls, protocols.base_workchain_inputs(code, training_set, protocol, **kwargs), overrides)
