@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -71,6 +72,9 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
             missing = sorted(set(data.elements) - set(config.elements))
             if missing:
                 return f"{label}: contains element(s) {missing} that are not in elements {config.elements}"
+    message = _validate_weights_and_subsets(inputs, settings)
+    if message:
+        return message
     options = inputs.get("metadata", {}).get("options", {})
     if options.get("append_text"):
         return (
@@ -105,6 +109,40 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
             f"cannot continue it with baseline '{config.training.baseline}'"
         )
     return None
+
+
+def _validate_weights_and_subsets(inputs: dict, settings: dict) -> str | None:
+    """``structure_weights``: one finite weight > 0 per training structure, not mixed with a Pacemaker weighting
+    policy; ``evaluation_subsets``: non-empty lists of valid training structure indices."""
+    training_set = inputs.get("training_set")
+    count = training_set.num_structures if training_set is not None else 0
+    weights = inputs.get("structure_weights")
+    if weights is not None:
+        values = weights.get_list()
+        if len(values) != count:
+            return f"structure_weights: got {len(values)} weights for {count} training structures; give one each"
+        for index, value in enumerate(values):
+            if not _is_number(value) or value <= 0:
+                return f"structure_weights: weight {index} is {value!r}; weights must be finite numbers > 0"
+        pacemaker = settings.get("pacemaker") or {}
+        if "weighting" in (pacemaker.get("fit") or {}) or (pacemaker.get("data") or {}).get("ignore_weights"):
+            return (
+                "structure_weights: cannot be combined with settings.pacemaker fit.weighting or "
+                "data.ignore_weights (Pacemaker would ignore one of them)"
+            )
+    subsets = inputs.get("evaluation_subsets")
+    for name, indices in (subsets.get_dict() if subsets is not None else {}).items():
+        if (
+            not isinstance(indices, list)
+            or not indices
+            or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < count for i in indices)
+        ):
+            return f"evaluation_subsets.{name}: must be a non-empty list of structure indices in 0..{count - 1}"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class PacemakerCalculation(CalcJob):
@@ -148,6 +186,24 @@ class PacemakerCalculation(CalcJob):
             valid_type=orm.Dict,
             required=False,
             help=f"Expert settings: {', '.join(f'`{k}`: {v}' for k, v in SETTINGS_KEYS.items())}.",
+        )
+        spec.input(
+            "structure_weights",
+            valid_type=orm.List,
+            required=False,
+            help=(
+                "One weight (finite, > 0) per training structure, for its energy and every one of its forces "
+                "(Pacemaker's w_energy/w_forces); only relative values matter. Without it all weigh the same."
+            ),
+        )
+        spec.input(
+            "evaluation_subsets",
+            valid_type=orm.Dict,
+            required=False,
+            help=(
+                "Named lists of training structure indices whose errors the delivered model reports separately, "
+                "in `metrics.subsets.<name>` (e.g. the original data of an active-learning run)."
+            ),
         )
         spec.inputs.validator = validate_inputs
         serial_job_defaults(spec, "autopipec.pacemaker")
@@ -226,6 +282,8 @@ class PacemakerCalculation(CalcJob):
                 initial_yaml,
                 initial.reference_energies if initial is not None else None,
                 (initial.short_range or {}).get("pair_cutoffs") if initial is not None else None,
+                self.inputs.structure_weights.get_list() if "structure_weights" in self.inputs else None,
+                self.inputs.evaluation_subsets.get_dict() if "evaluation_subsets" in self.inputs else None,
             )
         except (ConfigError, DatasetError) as exc:  # should have been caught by the validator
             raise ValueError(str(exc)) from exc

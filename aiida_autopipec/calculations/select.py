@@ -3,7 +3,8 @@
 The code is a Python interpreter that has pyace (python-ace), pandas and ASE; it runs the standalone script
 ``aiida_autopipec/learning/select_structures.py`` (copied into the working folder). The script builds the active
 set of the potential from the structures it was fitted on (``pace_activeset``), computes the largest per-atom γ of
-every candidate and picks those inside the trust window ``[gamma_lower, gamma_upper]``, highest γ first.
+every candidate and picks among those inside the trust window ``[gamma_lower, gamma_upper]``: highest γ first
+(``max_gamma``) or a D-optimal subset chosen by Pacemaker's ``pace_select`` (``d_optimal``).
 """
 
 from __future__ import annotations
@@ -112,7 +113,9 @@ class SelectionCalculation(CalcJob):
             valid_type=orm.Dict,
             help="`max_new_structures` (int > 0, required); `gamma_lower` (default 1.5: below it a candidate is not "
             "extrapolative enough to be worth labelling); `gamma_upper` (default 10.0: above it a candidate is "
-            "treated as unphysical and skipped); `method`: 'max_gamma' (default, highest γ in the window first).",
+            "treated as unphysical and skipped); `method`: 'max_gamma' (default, highest γ in the window first) or "
+            "'d_optimal' (Pacemaker's pace_select on the candidates in the window: a diverse, D-optimal set; it may "
+            "pick fewer than `max_new_structures`).",
         )
         spec.inputs.validator = validate_inputs
         serial_job_defaults(spec, "autopipec.select")
@@ -164,6 +167,12 @@ class SelectionCalculation(CalcJob):
             message="no candidate has gamma_lower={gamma_lower} <= γ <= gamma_upper={gamma_upper}: "
             "{num_below_lower} below, {num_above_upper} above",
         )
+        spec.exit_code(
+            323,
+            "ERROR_NOTHING_D_OPTIMAL",
+            message="pace_select chose none of the {num_in_window} candidates in the trust window: none extends the "
+            "active set",
+        )
 
     def prepare_for_submission(self, folder) -> datastructures.CalcInfo:
         """Write the B-basis, the training structures (with labels), the candidates (geometry), input and script."""
@@ -211,7 +220,7 @@ class SelectionCalculation(CalcJob):
 
         calcinfo = datastructures.CalcInfo()
         calcinfo.codes_info = [codeinfo]
-        calcinfo.retrieve_list = [OUTPUT, STDOUT, STDERR, select_structures.ACTIVESET_LOG]
+        calcinfo.retrieve_list = [OUTPUT, STDOUT, STDERR, select_structures.ACTIVESET_LOG, select_structures.SELECT_LOG]
         # These duplicate the stored inputs (potential, training set, candidates).
         calcinfo.provenance_exclude_list = [POTENTIAL, TRAINING, CANDIDATES]
         return calcinfo

@@ -31,6 +31,7 @@ __all__ = [
     "read_ase_db",
     "read_extxyz",
     "read_pacemaker_pickle",
+    "structure_weight_columns",
     "to_pacemaker_dataframe",
     "write_extxyz",
     "write_pacemaker_dataset",
@@ -404,6 +405,23 @@ def zbl_baseline(arrays: StructureArrays, pair_cutoffs: Mapping[str, Sequence[fl
         energies.append(atoms.get_potential_energy())
         forces.append(atoms.get_forces())
     return np.asarray(energies), np.concatenate(forces)
+
+
+def structure_weight_columns(arrays: StructureArrays, structure_weights: Sequence[float]) -> tuple[np.ndarray, ...]:
+    """Pacemaker's ``w_energy`` (one per structure) and ``w_forces`` (one per atom) from one weight per structure.
+
+    Every atom of a structure gets its structure's weight, so equal weights reproduce Pacemaker's default uniform
+    policy; only relative values matter (Pacemaker normalises both columns).
+    """
+    weights = np.asarray(structure_weights, dtype=float).reshape(-1)
+    if weights.shape != (arrays.num_structures,):
+        raise DatasetError(
+            f"structure weights: got {weights.size} for {arrays.num_structures} structures; give one per structure"
+        )
+    bad = np.flatnonzero(~np.isfinite(weights) | (weights <= 0))
+    if len(bad):
+        raise DatasetError(f"structure weights: must be finite and > 0; structure {bad[0]} has {weights[bad[0]]}")
+    return weights, np.repeat(weights, arrays.natoms)
 
 
 def to_pacemaker_dataframe(

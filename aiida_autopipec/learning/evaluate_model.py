@@ -10,7 +10,8 @@ It runs on the compute side, next to ``pacemaker``, and needs only numpy, pandas
     python evaluate_model.py evaluation_input.json
 
 The input names the potential, Pacemaker's split datasets, the elements, the cutoff, the ZBL baseline (delta mode)
-and the output file.
+and the output file, and optionally ``subsets``: named rows of a written dataset (``{"dataset": file, "indices":
+[...]}``) whose errors are reported separately under ``subsets`` (e.g. the original data of active learning).
 
 Units: energies eV (errors eV/atom), forces eV/Å (errors per component), distances Å.
 """
@@ -109,13 +110,32 @@ def evaluate(folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
     for split in ("train", "test"):
         path = folder / settings["datasets"][split]
         frames[split] = pd.read_pickle(path, compression="gzip") if path.is_file() else None
-    return {
+    results = {
         "evaluator": "pyace.PyACECalculator on the delivered .yace"
         + (" + ZBL baseline" if settings["baseline"] else ""),
         "train": errors(calculator, frames["train"]),
         "test": errors(calculator, frames["test"]),
         "dimers": dimer_curves(calculator, settings["elements"], settings["cutoff"], settings["baseline"]),
     }
+    if settings.get("subsets"):
+        results["subsets"] = subset_errors(calculator, folder, settings["subsets"])
+    return results
+
+
+def subset_errors(calculator, folder: Path, subsets: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Errors on named rows of a dataset written for the fit (e.g. the original data of an active-learning run).
+
+    Read from the dataset as written (order kept), not from Pacemaker's processed copy, which may reorder rows.
+    """
+    import pandas as pd
+
+    loaded: dict[str, Any] = {}
+    results = {}
+    for name, subset in subsets.items():
+        if subset["dataset"] not in loaded:
+            loaded[subset["dataset"]] = pd.read_pickle(folder / subset["dataset"], compression="gzip")
+        results[name] = errors(calculator, loaded[subset["dataset"]].iloc[list(subset["indices"])])
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from ase import Atoms
 
 from aiida_autopipec.config import SystemConfig, TrainingConfig
@@ -25,6 +26,7 @@ from aiida_autopipec.learning.dataset import (
     DatasetError,
     StructureArrays,
     fit_reference_energies,
+    structure_weight_columns,
     write_pacemaker_dataset,
 )
 from aiida_autopipec.learning.metrics import LogParser, TrainingMetrics
@@ -135,11 +137,15 @@ def prepare_fit(
     initial_potential_yaml: str | None = None,
     initial_reference_energies: Mapping[str, float] | None = None,
     initial_zbl_params: Mapping[str, Sequence[float]] | None = None,
+    structure_weights: Sequence[float] | None = None,
+    evaluation_subsets: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Write everything a fit needs into ``folder``: datasets, input.yaml, reference energies, evaluation input.
 
     The one place that prepares a fit, for the plain runner and the AiiDA CalcJob alike. A warm start reuses the
-    reference energies and repulsion cutoffs of the potential it continues. Returns the evaluation settings.
+    reference energies and repulsion cutoffs of the potential it continues. ``structure_weights`` (one per training
+    structure) become Pacemaker's weight columns; ``evaluation_subsets`` (name -> training structure indices) are
+    evaluated separately with the delivered model. Returns the evaluation settings.
     """
     folder = Path(folder)
     config = generator.config
@@ -160,9 +166,18 @@ def prepare_fit(
         zbl_params=initial_zbl_params,
     )
     delta = generator.zbl_params if config.training.baseline == "zbl_delta" else None
-    write_pacemaker_dataset(folder / files.TRAINING_DATA, arrays, references, baseline_cutoffs=delta)
+    weights, test_weights = {}, {}
+    if structure_weights is not None:
+        energy_weights, force_weights = structure_weight_columns(arrays, structure_weights)
+        weights = {"energy_weights": energy_weights, "force_weights": force_weights}
+        if test_arrays is not None:  # Pacemaker joins train and test: weights missing in one would be NaN
+            energy_weights, force_weights = structure_weight_columns(test_arrays, np.ones(test_arrays.num_structures))
+            test_weights = {"energy_weights": energy_weights, "force_weights": force_weights}
+    write_pacemaker_dataset(folder / files.TRAINING_DATA, arrays, references, baseline_cutoffs=delta, **weights)
     if test_arrays is not None:
-        write_pacemaker_dataset(folder / files.TEST_DATA, test_arrays, references, baseline_cutoffs=delta)
+        write_pacemaker_dataset(
+            folder / files.TEST_DATA, test_arrays, references, baseline_cutoffs=delta, **test_weights
+        )
     if initial_potential_yaml is not None:
         (folder / files.INITIAL_POTENTIAL).write_text(initial_potential_yaml)
         cutoff = potential_info(initial_potential_yaml)["cutoff"]
@@ -171,6 +186,14 @@ def prepare_fit(
     generator.write(folder / files.INPUT_YAML, input_yaml)
     (folder / REFERENCE_ENERGIES_JSON).write_text(json.dumps(references, indent=2))
     settings = evaluation_settings(config, generator.zbl_params, cutoff)
+    if evaluation_subsets:
+        for name, indices in evaluation_subsets.items():
+            if not indices or min(indices) < 0 or max(indices) >= arrays.num_structures:
+                raise DatasetError(f"evaluation subset '{name}': indices must lie in 0..{arrays.num_structures - 1}")
+        settings["subsets"] = {
+            name: {"dataset": files.TRAINING_DATA, "indices": [int(i) for i in indices]}
+            for name, indices in evaluation_subsets.items()
+        }
     (folder / files.EVALUATION_INPUT).write_text(json.dumps(settings, indent=2))
     for name, source in evaluation_files().items():
         (folder / name).write_text(source)
@@ -205,6 +228,9 @@ class PacemakerRunner:
         initial_potential: str | os.PathLike | None = None,
         initial_reference_energies: Mapping[str, float] | None = None,
         initial_zbl_params: Mapping[str, Sequence[float]] | None = None,
+        *,
+        structure_weights: Sequence[float] | None = None,
+        evaluation_subsets: Mapping[str, Sequence[int]] | None = None,
     ) -> Path:
         """Validate the data, then write the datasets and input.yaml; returns the input.yaml path."""
         arrays = dataset if isinstance(dataset, StructureArrays) else StructureArrays.from_atoms(dataset)
@@ -220,6 +246,8 @@ class PacemakerRunner:
             Path(initial_potential).read_text() if initial_potential is not None else None,
             initial_reference_energies,
             initial_zbl_params,
+            structure_weights,
+            evaluation_subsets,
         )
         self.reference_energies = prepared["reference_energies"]
         self.evaluation_settings = prepared["evaluation"]
@@ -232,9 +260,20 @@ class PacemakerRunner:
         initial_potential: str | os.PathLike | None = None,
         initial_reference_energies: Mapping[str, float] | None = None,
         initial_zbl_params: Mapping[str, Sequence[float]] | None = None,
+        *,
+        structure_weights: Sequence[float] | None = None,
+        evaluation_subsets: Mapping[str, Sequence[int]] | None = None,
     ) -> Path:
         """Fit, evaluate the delivered model and return the ``.yace`` (reference energies written into ``E0``)."""
-        self.prepare(dataset, test_dataset, initial_potential, initial_reference_energies, initial_zbl_params)
+        self.prepare(
+            dataset,
+            test_dataset,
+            initial_potential,
+            initial_reference_energies,
+            initial_zbl_params,
+            structure_weights=structure_weights,
+            evaluation_subsets=evaluation_subsets,
+        )
         script = (
             f"{shlex.quote(self.executable)} {files.INPUT_YAML} > {files.STDOUT} 2> {files.STDERR}\n"
             + post_fit_script(self.yaml2yace)  # evaluated in this process below

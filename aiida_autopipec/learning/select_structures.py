@@ -23,14 +23,18 @@ Steps:
    B-basis ``potential.yaml``. Its log goes to ``activeset.log``.
 2. ``PyACECalculator(potential.yaml)`` with that active set gives the per-atom γ of every candidate; the grade of a
    candidate is its largest per-atom γ.
-3. ``max_gamma``: the candidates with ``gamma_lower <= γ <= gamma_upper`` (the trust window: below it a structure
-   is not extrapolative enough to be worth labelling, above it treated as unphysical), highest γ first, at most
-   ``max_new_structures`` of them (ties by index).
+3. The trust window: only candidates with ``gamma_lower <= γ <= gamma_upper`` are eligible (below it a structure
+   is not extrapolative enough to be worth labelling, above it treated as unphysical). Then, by ``method``:
+
+   * ``max_gamma``: highest γ first, at most ``max_new_structures`` of them (ties by index);
+   * ``d_optimal``: Pacemaker's ``pace_select`` (MaxVol, D-optimality with the active set as extra projections)
+     on the eligible candidates, ``-m max_new_structures``: a diverse set rather than the most extreme ones. It
+     may return fewer than asked (when fewer structures add to the active set); its log goes to ``select.log``.
 
 Written last (its presence means the script finished): ``selection.json``, ``{"gammas": [...per candidate...],
-"selected": [indices, γ descending], "skipped_above_upper": [indices], "below_lower": count}`` or, when a step
-failed, ``{"error": "Type: message", "stage": "active_set" | "gamma"}``. A non-finite γ is written as ``null``
-and counts as above ``gamma_upper``.
+"selected": [indices, γ descending], "skipped_above_upper": [indices], "below_lower": count, "method": ...}`` or,
+when a step failed, ``{"error": "Type: message", "stage": "active_set" | "gamma" | "d_optimal"}``. A non-finite γ
+is written as ``null`` and counts as above ``gamma_upper``.
 
 Exit status: 0 finished (whether or not anything was selected), 1 a step failed, 4 bad input.
 """
@@ -47,10 +51,15 @@ import numpy as np
 
 STRUCTURE_ARRAYS = ("numbers", "positions", "natoms", "cells", "pbc")
 LABEL_ARRAYS = ("energies", "forces")
-METHODS = ("max_gamma",)
+METHODS = ("max_gamma", "d_optimal")
 #: Written by this script in its folder; never retrieved.
 DATAFRAME = "training_data.pckl.gzip"
+ELIGIBLE_DATAFRAME = "eligible.pckl.gzip"
+SELECTED_DATAFRAME = "selected.pkl.gz"
 ACTIVESET_LOG = "activeset.log"
+SELECT_LOG = "select.log"
+#: Column of the eligible-candidate DataFrame that carries each structure's position in the candidate file.
+INDEX_COLUMN = "candidate_index"
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 4
 #: Longest error message kept (characters).
 MAX_MESSAGE = 4000
@@ -147,6 +156,23 @@ def select(gammas: list[float], max_new_structures: int, gamma_lower: float, gam
     }
 
 
+def d_optimal(folder: Path, potential: str, asi: Path, structures: list, eligible: list[int], count: int) -> list:
+    """Indices (into ``structures``) that ``pace_select`` picks from the ``eligible`` ones, at most ``count``."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"ase_atoms": [structures[i] for i in eligible], INDEX_COLUMN: eligible})
+    frame.to_pickle(folder / ELIGIBLE_DATAFRAME, compression="gzip")
+    command = [sys.executable, "-m", "pyace.cli.pace_select", "-p", potential, "-a", asi.name]
+    command += ["-m", str(count), "-o", SELECTED_DATAFRAME, ELIGIBLE_DATAFRAME]
+    with open(folder / SELECT_LOG, "w") as log:
+        result = subprocess.run(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if result.returncode != 0 or not (folder / SELECTED_DATAFRAME).is_file():
+        tail = "\n".join((folder / SELECT_LOG).read_text(errors="replace").strip().splitlines()[-15:])
+        raise RuntimeError(f"pace_select exited with {result.returncode} and wrote no {SELECTED_DATAFRAME}:\n{tail}")
+    chosen = [int(index) for index in pd.read_pickle(folder / SELECTED_DATAFRAME)[INDEX_COLUMN]]
+    return chosen[:count]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -174,9 +200,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selection failed ({stage}): {_message(exc)}", file=sys.stderr)
         return EXIT_FAILED
 
+    method = settings.get("method", "max_gamma")
     selection = select(
         gammas, int(settings["max_new_structures"]), float(settings["gamma_lower"]), float(settings["gamma_upper"])
     )
+    if method == "d_optimal" and selection["selected"]:
+        eligible = select(gammas, len(gammas), float(settings["gamma_lower"]), float(settings["gamma_upper"]))
+        try:
+            count = int(settings["max_new_structures"])
+            chosen = d_optimal(folder, settings["potential"], asi, candidates, eligible["selected"], count)
+        except Exception as exc:
+            output_path.write_text(json.dumps({"error": _message(exc), "stage": "d_optimal"}))
+            print(f"selection failed (d_optimal): {_message(exc)}", file=sys.stderr)
+            return EXIT_FAILED
+        selection["selected"] = sorted(chosen, key=lambda i: (-gammas[i], i))
+    selection["method"] = method
     output_path.write_text(json.dumps(selection))
     print(
         f"selected {len(selection['selected'])} of {len(candidates)} candidates; "

@@ -119,6 +119,8 @@ class PacemakerParser(Parser):
 
         # The errors users see are those of the delivered model; Pacemaker's own stay in `pacemaker_reported`.
         summary = metrics.with_delivered_errors(evaluation).summary()
+        if evaluation.get("subsets"):  # errors on named parts of the training data (`evaluation_subsets`)
+            summary["subsets"] = evaluation["subsets"]
         violations = check_dimer_curves(evaluation["dimers"], settings["pair_cutoffs"])
         summary["short_range"] = {
             "mode": settings["mode"],

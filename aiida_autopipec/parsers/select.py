@@ -96,6 +96,7 @@ class SelectionParser(Parser):
             **counts,
             "gamma_lower": lower,
             "gamma_upper": upper,
+            "method": parameters["method"],
         }
         gamma_array = orm.ArrayData()
         gamma_array.set_array("gammas", gammas)
@@ -103,6 +104,8 @@ class SelectionParser(Parser):
         self.out("statistics", orm.Dict(statistics))
 
         if not order:
+            if counts["num_in_window"] and parameters["method"] == "d_optimal":
+                return exit_codes.ERROR_NOTHING_D_OPTIMAL.format(num_in_window=counts["num_in_window"])
             if counts["num_below_lower"] == num_candidates:
                 return exit_codes.ERROR_NO_EXTRAPOLATIVE_CANDIDATE.format(
                     num_candidates=num_candidates, gamma_lower=lower, max_gamma=float(gammas.max())

@@ -318,3 +318,37 @@ def test_bad_structure_sets_rejected_before_anything_is_stored(
         with pytest.raises(ValueError, match=message):
             run_get_node(SelectionCalculation, **inputs)
         assert _node_count() == before
+
+
+# -- D-optimal selection ----------------------------------------------------------------------------------------
+def test_d_optimal_picks_a_subset_of_the_window_with_pace_select(
+    wide_run, python_code, potential, training_set, candidate_structures, fit
+):
+    """Real ``pace_select`` on the candidates in the trust window: at most ``max_new_structures``, all eligible."""
+    extra = [_rattled(fit[1][i], 0.3, seed=10 + i) for i in range(7, 13)]
+    candidates = TrainingSetData.from_ase(candidate_structures + extra, labelled=False)
+    parameters = {"max_new_structures": 3, "gamma_upper": WIDE_UPPER, "method": "d_optimal"}
+    results, node = run_get_node(
+        SelectionCalculation, **_inputs(python_code, potential, training_set, candidates, parameters)
+    )
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    gammas = results["gammas"].get_array("gammas")
+    window = {i for i, gamma in enumerate(gammas) if 1.5 <= gamma <= WIDE_UPPER}
+    indices = results["selected_indices"].get_list()
+    print("window:", sorted(window), "d-optimal:", indices, "γ:", np.round(gammas, 2).tolist())
+    assert len(window) > 3 and 1 <= len(indices) <= 3 and set(indices) <= window
+    assert indices == sorted(indices, key=lambda i: -gammas[i])
+    assert results["statistics"]["method"] == "d_optimal"
+    log = results["retrieved"].base.repository.get_object_content(select_structures.SELECT_LOG)
+    assert "structures in candidate list" in log  # pace_select's own log
+
+
+def test_d_optimal_respects_the_trust_window(python_code, potential, training_set, candidate_structures):
+    """Training structures only (all below gamma_lower): pace_select is not even asked."""
+    candidates = TrainingSetData.from_ase(candidate_structures[:3], labelled=False)
+    parameters = {"max_new_structures": 2, "method": "d_optimal"}
+    results, node = run_get_node(
+        SelectionCalculation, **_inputs(python_code, potential, training_set, candidates, parameters)
+    )
+    assert node.exit_status == SelectionCalculation.exit_codes.ERROR_NO_EXTRAPOLATIVE_CANDIDATE.status
+    assert select_structures.SELECT_LOG not in results["retrieved"].base.repository.list_object_names()
