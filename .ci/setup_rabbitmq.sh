@@ -29,7 +29,7 @@ if ! command -v rabbitmq-server >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends rabbitmq-server >/dev/null
-    [[ "$added_policy" == 1 ]] && rm -f /usr/sbin/policy-rc.d
+    if [[ "$added_policy" == 1 ]]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 mkdir -p "$CONF_DIR"

@@ -27,7 +27,7 @@ if ! command -v slurmctld >/dev/null 2>&1 || ! command -v slurmd >/dev/null 2>&1
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
-    [[ "$added_policy" == 1 ]] && rm -f /usr/sbin/policy-rc.d
+    if [[ "$added_policy" == 1 ]]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 # ---- munge: authentication between the SLURM daemons and clients

@@ -7,8 +7,8 @@ Load it *after* aiida's fixtures so that its ``aiida_profile`` override wins::
 Environment variables:
 
 ``AUTOPIPEC_TEST_STORAGE``
-    ``sqlite`` (default, also when unset/empty): aiida's own ``aiida_profile`` fixture is used untouched
-    (``core.sqlite_dos`` storage, no broker, no services needed).
+    ``sqlite`` (default, also when unset/empty): ``core.sqlite_dos`` storage, no service needed (with
+    ``AUTOPIPEC_TEST_BROKER=none`` aiida's own ``aiida_profile`` fixture is used untouched).
 
     ``psql``: the session profile uses ``core.psql_dos`` on a throw-away PostgreSQL cluster started by
     ``pgtest`` through aiida's ``postgres_cluster``/``config_psql_dos`` fixtures.  ``pg_ctl`` must be on PATH
@@ -17,9 +17,15 @@ Environment variables:
     aborted - it never falls back to sqlite.
 
 ``AUTOPIPEC_TEST_BROKER`` (optional)
-    ``none`` (default): no broker, like aiida's default fixture.  ``rabbitmq``: ``core.rabbitmq`` with the
-    default guest@127.0.0.1:5672 (a RabbitMQ server must be running, checked up front).  ``zeromq``: aiida's
-    built-in ``core.zeromq`` broker.  Setting a broker also overrides the profile with sqlite storage.
+    ``zeromq`` (default, also when unset/empty): aiida's built-in ``core.zeromq`` broker, whose service aiida's
+    fixtures start for the session - the ``verdi presto`` default, so ``submit`` and the daemon work without any
+    external service.  ``rabbitmq``: ``core.rabbitmq`` with the default guest@127.0.0.1:5672 (a RabbitMQ server
+    must be running, checked up front; ``.ci/setup_rabbitmq.sh`` starts one).  ``none``: no broker, like aiida's
+    own default fixture (only ``run`` works; daemon tests are skipped).
+
+``AUTOPIPEC_REQUIRE_SERVICES`` (optional)
+    ``1`` (CI): a test that needs a service which is missing (a broker for the daemon, SLURM) fails instead of
+    being skipped, so CI cannot pass by silently skipping what it is meant to prove.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import pytest
 
 STORAGE_ENV = "AUTOPIPEC_TEST_STORAGE"
 BROKER_ENV = "AUTOPIPEC_TEST_BROKER"
+REQUIRE_SERVICES_ENV = "AUTOPIPEC_REQUIRE_SERVICES"
 
 _STORAGE_ALIASES = {
     "": "core.sqlite_dos",
@@ -45,7 +52,7 @@ _STORAGE_ALIASES = {
     "core.psql_dos": "core.psql_dos",
 }
 _BROKER_ALIASES = {
-    "": None,
+    "": "core.zeromq",
     "none": None,
     "rabbitmq": "core.rabbitmq",
     "core.rabbitmq": "core.rabbitmq",
@@ -72,8 +79,20 @@ def requested_storage_backend() -> str:
 
 
 def requested_broker_backend() -> str | None:
-    """Return the broker plugin requested through ``AUTOPIPEC_TEST_BROKER`` (``None``: no broker)."""
+    """The broker plugin requested through ``AUTOPIPEC_TEST_BROKER`` (default ``core.zeromq``; ``None``: none)."""
     return _resolve(BROKER_ENV, _BROKER_ALIASES)
+
+
+def services_required() -> bool:
+    """Whether missing services must fail tests (CI) rather than skip them (a developer's machine)."""
+    return os.environ.get(REQUIRE_SERVICES_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip the calling test because ``reason`` (a missing service); fail it instead when services are required."""
+    if services_required():
+        pytest.fail(f"{reason} ({REQUIRE_SERVICES_ENV} is set, so this is an error, not a skip)", pytrace=False)
+    pytest.skip(reason)
 
 
 def _override_needed() -> bool:

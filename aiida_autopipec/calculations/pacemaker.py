@@ -12,6 +12,7 @@ from aiida.engine import CalcJob
 from pydantic import ValidationError
 
 from aiida_autopipec.calculations.common import serial_job_defaults
+from aiida_autopipec.calculations.gpus import add_gpu_option, gpu_scheduler_commands, validate_gpu_request
 from aiida_autopipec.config import SystemConfig
 from aiida_autopipec.data import PotentialData, TrainingSetData
 from aiida_autopipec.learning import files
@@ -73,6 +74,9 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
             if missing:
                 return f"{label}: contains element(s) {missing} that are not in elements {config.elements}"
     message = _validate_weights_and_subsets(inputs, settings)
+    if message:
+        return message
+    message = validate_gpu_request(inputs, config.training.device)
     if message:
         return message
     options = inputs.get("metadata", {}).get("options", {})
@@ -207,6 +211,7 @@ class PacemakerCalculation(CalcJob):
         )
         spec.inputs.validator = validate_inputs
         serial_job_defaults(spec, "autopipec.pacemaker")
+        add_gpu_option(spec)
 
         spec.output("potential", valid_type=PotentialData, help="The fitted potential (.yace + B-basis .yaml).")
         spec.output(
@@ -261,6 +266,15 @@ class PacemakerCalculation(CalcJob):
             message="the potential is not repulsive at short range (dimer check): {details}",
         )
 
+    def _setup_metadata(self, metadata: dict) -> None:
+        """Record the options; a GPU request becomes the scheduler's directive in ``custom_scheduler_commands``."""
+        options = dict(metadata.get("options", {}))
+        super()._setup_metadata(metadata)
+        computer = self.inputs.metadata.get("computer") or self.inputs.code.computer
+        commands = gpu_scheduler_commands(options, computer.scheduler_type)
+        if commands is not None:
+            self.node.set_option("custom_scheduler_commands", commands)
+
     def prepare_for_submission(self, folder) -> datastructures.CalcInfo:
         """Write the datasets (Pacemaker pickle, only here), input.yaml, reference energies and evaluation input."""
         training_set = self.inputs.training_set
@@ -290,7 +304,7 @@ class PacemakerCalculation(CalcJob):
 
         codeinfo = datastructures.CodeInfo()
         codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.cmdline_params = [files.INPUT_YAML]
+        codeinfo.cmdline_params = list(files.PACEMAKER_ARGUMENTS)
         codeinfo.stdout_name = files.STDOUT
         codeinfo.stderr_name = files.STDERR
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 #: Pacemaker input written by :class:`~aiida_autopipec.learning.config_gen.PacemakerConfigGenerator`.
 INPUT_YAML = "input.yaml"
+#: Pacemaker's command-line arguments: ``--verbose-tf`` keeps TensorFlow's device messages in stderr (which device
+#: ran is read from them, :mod:`~aiida_autopipec.learning.device`), then the input file.
+PACEMAKER_ARGUMENTS = ("--verbose-tf", INPUT_YAML)
 #: Training data: gzip pickle of a pandas DataFrame (written only inside a working directory).
 TRAINING_DATA = "training_data.pckl.gzip"
 #: Held-out data passed as Pacemaker's ``data.test_filename``.

@@ -275,7 +275,7 @@ class PacemakerRunner:
             evaluation_subsets=evaluation_subsets,
         )
         script = (
-            f"{shlex.quote(self.executable)} {files.INPUT_YAML} > {files.STDOUT} 2> {files.STDERR}\n"
+            f"{shlex.join([self.executable, *files.PACEMAKER_ARGUMENTS])} > {files.STDOUT} 2> {files.STDERR}\n"
             + post_fit_script(self.yaml2yace)  # evaluated in this process below
         )
         subprocess.run(["bash", "-c", script], cwd=self.work_dir, check=False)

@@ -18,6 +18,7 @@ from aiida.parsers import Parser
 from aiida_autopipec.data import PotentialData
 from aiida_autopipec.learning import files
 from aiida_autopipec.learning.baseline import check_dimer_curves
+from aiida_autopipec.learning.device import training_device
 from aiida_autopipec.learning.metrics import LogParser, MetricsError, TrainingMetrics, read_metrics_table
 from aiida_autopipec.learning.pacemaker import REFERENCE_ENERGIES_JSON, error_summary
 from aiida_autopipec.learning.potential import PotentialFileError, potential_info, set_reference_energies
@@ -121,6 +122,10 @@ class PacemakerParser(Parser):
         summary = metrics.with_delivered_errors(evaluation).summary()
         if evaluation.get("subsets"):  # errors on named parts of the training data (`evaluation_subsets`)
             summary["subsets"] = evaluation["subsets"]
+        # Which device trained: "cpu" or "gpu:<index>" (TensorFlow's messages in stderr), details in device_info.
+        device = training_device(stderr, self._parameters().get("device", "auto"))
+        summary["device"] = device.pop("device")
+        summary["device_info"] = device
         violations = check_dimer_curves(evaluation["dimers"], settings["pair_cutoffs"])
         summary["short_range"] = {
             "mode": settings["mode"],
@@ -141,8 +146,11 @@ class PacemakerParser(Parser):
     def _read(path: Path) -> str:
         return path.read_text(errors="replace") if path.is_file() else ""
 
+    def _parameters(self) -> dict:
+        return self.node.inputs.parameters.get_dict() if "parameters" in self.node.inputs else {}
+
     def _parse_metrics(self, folder: Path) -> tuple[TrainingMetrics | None, str]:
-        parameters = self.node.inputs.parameters.get_dict() if "parameters" in self.node.inputs else {}
+        parameters = self._parameters()
         log_parser = LogParser(parameters.get("rmse_forces_threshold", 0.05), parameters.get("rmse_energy_threshold"))
         try:
             return log_parser.parse(folder), ""

@@ -42,7 +42,7 @@ def test_prepare_writes_dataset_input_and_references(generate_calc_job, inputs):
         expected = row["energy"] - sum(references[s] for s in symbols)
         assert row["energy_corrected"] == pytest.approx(expected, abs=1e-9)
 
-    assert calcinfo.codes_info[0].cmdline_params == [files.INPUT_YAML]
+    assert calcinfo.codes_info[0].cmdline_params == ["--verbose-tf", files.INPUT_YAML]
     assert calcinfo.codes_info[0].stderr_name == files.STDERR
     assert set(files.RETRIEVE_LIST) <= set(calcinfo.retrieve_list)
     assert files.TRAIN_PREDICTIONS not in calcinfo.retrieve_list

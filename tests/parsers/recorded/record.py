@@ -41,7 +41,7 @@ from aiida_autopipec.learning import files  # noqa: E402
 from aiida_autopipec.learning.pacemaker import post_fit_script  # noqa: E402
 
 #: The job script of the CalcJob: pacemaker, then the shared post-fit lines (exit status, .yace, evaluation).
-JOB_SCRIPT = f"pacemaker {files.INPUT_YAML} > {files.STDOUT} 2> {files.STDERR}\n" + post_fit_script(
+JOB_SCRIPT = f"pacemaker {' '.join(files.PACEMAKER_ARGUMENTS)} > {files.STDOUT} 2> {files.STDERR}\n" + post_fit_script(
     "pace_yaml2yace", sys.executable
 ) + "\n"
 
@@ -187,7 +187,7 @@ def write_evaluation_inputs(workdir: Path, inp: dict, df: pd.DataFrame, mode: st
         (workdir / name).write_text(source)
 
 
-def prepare_with_generator(mode: str):
+def prepare_with_generator(mode: str, device: str = "cpu"):
     """A ``prepare`` hook: replace the hand-made input by what the plugin itself writes (``prepare_fit``)."""
 
     def prepare(workdir: Path) -> None:
@@ -205,7 +205,7 @@ def prepare_with_generator(mode: str):
         config = SystemConfig(
             elements=["Al", "Cu"],
             training={"cutoff": 4.5, "maxiter": 20, "number_of_functions_per_element": 10, "test_size": 0.2,
-                      "display_step": 5, "baseline": mode, "device": "cpu"},
+                      "display_step": 5, "baseline": mode, "device": device},
         )
         prepare_fit(workdir, PacemakerConfigGenerator(config), StructureArrays.from_atoms(structures))
 
@@ -213,6 +213,12 @@ def prepare_with_generator(mode: str):
 
 
 CASES: dict[str, dict] = {
+    "success_device_auto": {
+        "description": "The plugin's own input (prepare_fit) with device 'auto' (no gpu_config: TensorFlow picks), "
+        "pacemaker run with --verbose-tf as the CalcJob does, on this GPU-less machine; exits 0. What TensorFlow "
+        "says about devices is in pacemaker.err (parsed by aiida_autopipec.learning.device).",
+        "prepare": prepare_with_generator("core_repulsion", device="auto"),
+    },
     "success_core_repulsion": {
         "description": "The plugin's own input (prepare_fit): baseline core_repulsion, Pacemaker's ZBL core per "
         "pair below the shortest distances of the data, maxiter 20, 20 % test split; exits 0.",
