@@ -22,7 +22,7 @@ from aiida_autopipec.calculations.common import serial_job_defaults
 from aiida_autopipec.data import TrainingSetData
 from aiida_autopipec.learning import label_structures
 
-__all__ = ["AseLabelCalculation", "validate_calculator"]
+__all__ = ["AseLabelCalculation", "check_importable_here", "validate_calculator"]
 
 #: Files in the working folder.
 SCRIPT = "label_structures.py"
@@ -59,6 +59,27 @@ def validate_calculator(calculator: dict) -> str | None:
         json.dumps(kwargs, allow_nan=False)
     except (TypeError, ValueError) as exc:
         return f"calculator.kwargs: not JSON-serialisable: {exc}"
+    return None
+
+
+def check_importable_here(import_path: str, code: Any) -> str | None:
+    """If ``code`` runs this very Python on this machine and the package is importable here, the calculator class
+    must be importable too: a typo is then reported before anything runs. Elsewhere (another Python, a remote
+    computer, a package only the job's environment provides) it can only be checked by the job (exit code 310)."""
+    import importlib
+    import importlib.util
+    import sys
+
+    computer = getattr(code, "computer", None)
+    executable = getattr(code, "filepath_executable", None)
+    if computer is None or computer.transport_type != "core.local" or str(executable) != sys.executable:
+        return None
+    if importlib.util.find_spec(import_path.split(".")[0]) is None:
+        return None
+    try:
+        label_structures.load_calculator_class(import_path)
+    except ImportError as exc:
+        return f"calculator.import_path: {import_path!r} cannot be imported by the code's Python: {exc}"
     return None
 
 

@@ -53,6 +53,8 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
     training_set = inputs.get("training_set")
     test_set = inputs.get("test_set")
     for label, data in (("training_set", training_set), ("test_set", test_set)):
+        if data is not None and not data.base.attributes.get("num_structures", 0):
+            return f"{label}: the set is empty; give at least one structure"
         if data is not None and not data.labelled:
             return f"{label}: is unlabelled (no energies or forces) and cannot be fitted; label it first (ase_label)"
     parameters = inputs["parameters"].get_dict() if "parameters" in inputs else {}
@@ -65,7 +67,7 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
     if unknown:
         return f"settings: unknown key(s) {unknown}; known: {sorted(SETTINGS_KEYS)}"
     try:
-        PacemakerConfigGenerator(config, settings.get("pacemaker"))
+        generator = PacemakerConfigGenerator(config, settings.get("pacemaker"))
     except ConfigError as exc:
         return f"settings.pacemaker: {exc}"
     for label, data in (("training_set", training_set), ("test_set", test_set)):
@@ -112,6 +114,17 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
             f"initial_potential: was fitted with baseline '{initial.short_range['mode']}', "
             f"cannot continue it with baseline '{config.training.baseline}'"
         )
+    try:  # the values Pacemaker would reject only minutes into the fit (test split, basis blocks, cutoffs, ...)
+        generator.generate(
+            files.TRAINING_DATA,
+            test_dataset_path=files.TEST_DATA if test_set is not None else None,
+            initial_potential_path=files.INITIAL_POTENTIAL if initial is not None or restart is not None else None,
+            num_structures=training_set.num_structures,
+            num_atoms=training_set.num_atoms,
+            shortest_distances={},  # the covalent-radius rule; the data's distances only lower the repulsion cutoffs
+        )
+    except ConfigError as exc:
+        return f"parameters/settings: {exc}"
     return None
 
 

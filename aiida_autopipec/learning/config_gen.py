@@ -119,6 +119,8 @@ MANAGED_KEYS = {
     ("potential", "initial_potential"): "pass an initial potential instead",
     ("fit", "callbacks"): "callbacks import arbitrary Python code and are not allowed",
 }
+#: Parts of key names whose string values Pacemaker opens as files (``filename``, ``filename_or_df``, ``datapath``).
+PATH_KEY_PARTS = ("file", "path", "dir")
 NUMPY_OPTIMIZERS = ("BFGS", "L-BFGS-B", "CG")
 TF_OPTIMIZERS = ("Adam", "SGD")
 
@@ -211,6 +213,25 @@ def check_against_schema(config: Mapping[str, Any], schema: Mapping[str, Any] = 
         check_against_schema(value, sub_schema, where)
 
 
+def check_override_paths(overrides: Mapping[str, Any], path: str = "") -> None:
+    """Raise :class:`ConfigError` for an override that would make Pacemaker read or write outside its working
+    directory (absolute paths, ``..``, ``~``) or unpickle a file (``ExternalWeightingPolicy`` loads a pickle)."""
+    for key, value in overrides.items():
+        where = f"{path}.{key}" if path else str(key)
+        if isinstance(value, Mapping):
+            if key == "weighting" and value.get("type") == "ExternalWeightingPolicy":
+                raise ConfigError(
+                    f"{where}.type: ExternalWeightingPolicy loads a pickled file, which can execute code; not allowed"
+                )
+            check_override_paths(value, where)
+        elif isinstance(value, str) and any(part in str(key).lower() for part in PATH_KEY_PARTS):
+            parts = re.split(r"[\\/]+", value)
+            if value.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", value) or ".." in parts:
+                raise ConfigError(
+                    f"{where}: {value!r} points outside the working directory; only plain relative names are allowed"
+                )
+
+
 def _positive(value: Any, where: str, integer: bool = False) -> None:
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or not value > 0 or not math.isfinite(value):
@@ -259,6 +280,7 @@ class PacemakerConfigGenerator:
                 raise ConfigError(f"{section}.{key}: cannot be overridden ({reason})")
         if "potential" in self.overrides and not isinstance(self.overrides["potential"], Mapping):
             raise ConfigError("potential: cannot be overridden by a file name (pass an initial potential instead)")
+        check_override_paths(self.overrides)
         check_against_schema(self.overrides)  # after the managed keys: most of those are not in SCHEMA
 
     def functions_per_element(self, num_structures: int | None, num_atoms: int | None) -> int:
@@ -289,12 +311,14 @@ class PacemakerConfigGenerator:
         num_atoms: int | None = None,
         shortest_distances: Mapping[str, float] | None = None,
         zbl_params: Mapping[str, Sequence[float]] | None = None,
+        trusted: bool = False,
     ) -> dict[str, Any]:
         """The input.yaml content as a dict. Paths are written as given (relative paths stay relative).
 
         What the generator needs to know about the data (its size for the automatic basis, the shortest distance
         per element pair for the repulsion cutoffs, see :meth:`_get_zbl_params`) is read from ``dataset_path``
-        when not given.
+        when not given; that file is a pickle (Pacemaker's format), which can execute code when loaded, so it is
+        only read with ``trusted=True`` (a file you wrote yourself).
         """
         training = self.config.training
         fresh_basis = initial_potential_path is None
@@ -302,6 +326,11 @@ class PacemakerConfigGenerator:
         # The repulsion cutoffs are needed in every mode: 'none' is still checked against them afterwards.
         needs_distances = zbl_params is None and shortest_distances is None
         if (needs_size and (num_structures is None or num_atoms is None)) or needs_distances:
+            if not trusted:
+                raise ConfigError(
+                    f"{dataset_path}: reading it means unpickling it, which can execute code; give num_structures, "
+                    "num_atoms and shortest_distances, or trusted=True for a dataset file you wrote yourself"
+                )
             structures = _read_structures(dataset_path)
             num_structures, num_atoms = len(structures), sum(len(atoms) for atoms in structures)
             if needs_distances:
@@ -310,6 +339,8 @@ class PacemakerConfigGenerator:
             self.zbl_params = {key: (float(v[0]), float(v[1])) for key, v in zbl_params.items()}
         else:
             self.zbl_params = self._get_zbl_params(shortest_distances)
+        if fresh_basis:
+            self._check_cutoff_above_repulsion()
         data: dict[str, Any] = {"filename": str(dataset_path)}
         if test_dataset_path is not None:
             data["test_filename"] = str(test_dataset_path)
@@ -365,6 +396,16 @@ class PacemakerConfigGenerator:
         for key, value in (self.config.training.zbl_cutoffs or {}).items():
             params[pair_key(*key.split("-"))] = (float(value[0]), float(value[1]))
         return params
+
+    def _check_cutoff_above_repulsion(self) -> None:
+        """The neighbour cutoff must reach past every pair's repulsive core, or ACE would see no neighbours there."""
+        cutoff = self.config.training.cutoff
+        too_short = {key: outer for key, (_, outer) in self.zbl_params.items() if outer >= cutoff}
+        if too_short:
+            raise ConfigError(
+                f"cutoff: {cutoff} Å does not reach past the repulsion cutoff of pair(s) {too_short} (Å, the "
+                "covalent-radius sum or 0.9 x the shortest distance in the data): give a larger cutoff"
+            )
 
     def _repulsion_bonds(self) -> dict[str, dict[str, Any]]:
         """Pacemaker's own ZBL core per pair: pure ZBL below ``inner``, blended into ACE up to ``outer``."""

@@ -14,6 +14,7 @@ Units: energies in eV, forces in eV/Å, positions and cells in Å.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 __all__ = [
     "DatasetError",
     "StructureArrays",
+    "UnitsWarning",
     "fit_reference_energies",
     "read_ase_db",
     "read_extxyz",
@@ -42,10 +44,18 @@ ENERGY_INFO_KEYS = ("energy", "Energy", "total_energy", "REF_energy", "dft_energ
 FORCES_ARRAY_KEYS = ("forces", "REF_forces", "dft_forces")
 #: Two atoms closer than this (Å) are treated as overlapping: such a structure is almost surely corrupt.
 MIN_INTERATOMIC_DISTANCE = 0.1
+#: Hints of labels in other units (meV, kJ/mol, kcal/mol): a force component above this (eV/Å) ...
+MAX_PLAUSIBLE_FORCE = 100.0
+#: ... or energies per atom that, after removing per-element references, spread over more than this (eV/atom).
+MAX_PLAUSIBLE_ENERGY_SPREAD = 20.0
 
 
 class DatasetError(ValueError):
     """A dataset cannot be used for fitting; the message names the structure and the problem."""
+
+
+class UnitsWarning(UserWarning):
+    """Labels that look like they are not in eV and eV/Å (or mix units); they are kept, since they may be real."""
 
 
 def _labels(atoms: Atoms, index: int) -> tuple[float, np.ndarray]:
@@ -157,6 +167,9 @@ class StructureArrays:
         if elements is not None:
             arrays.check_elements(elements)
         arrays.check_geometry()
+        if labelled:
+            for message in arrays.units_hints():
+                warnings.warn(message, UnitsWarning, stacklevel=2)
         return arrays
 
     @classmethod
@@ -294,6 +307,34 @@ class StructureArrays:
                     f"structure {index} ({atoms.get_chemical_formula()}): atoms overlap "
                     f"(closer than {MIN_INTERATOMIC_DISTANCE} Å)"
                 )
+
+    def units_hints(self) -> list[str]:
+        """Why the labels may not be in eV and eV/Å: forces far beyond DFT training data, or energies per atom that
+        stay far apart after removing per-element references (one set in kJ/mol, another in eV, ...)."""
+        hints = []
+        if not self.labelled:
+            return hints
+        largest = np.abs(self.forces).max(axis=1)
+        if largest.max() > MAX_PLAUSIBLE_FORCE:
+            structure = int(np.searchsorted(self.offsets[1:], int(np.argmax(largest)), "right"))
+            hints.append(
+                f"structure {structure}: a force component of {largest.max():.4g} eV/Å (above "
+                f"{MAX_PLAUSIBLE_FORCE:g} eV/Å): are the forces in eV/Å (not meV/Å, kJ/mol/Å or Hartree/Bohr)?"
+            )
+        elements = self.elements
+        if self.num_structures > len(elements):
+            counts = self.composition_matrix(elements)
+            references, *_ = np.linalg.lstsq(counts, self.energies, rcond=None)
+            per_atom = (self.energies - counts @ references) / self.natoms
+            spread = float(per_atom.max() - per_atom.min())
+            if spread > MAX_PLAUSIBLE_ENERGY_SPREAD:
+                low, high = int(np.argmin(per_atom)), int(np.argmax(per_atom))
+                hints.append(
+                    f"structures {low} and {high}: energies per atom differ by {spread:.4g} eV/atom after removing "
+                    f"per-element references (more than {MAX_PLAUSIBLE_ENERGY_SPREAD:g}): are all energies in eV "
+                    "(not kJ/mol, kcal/mol or Hartree, or a mix)?"
+                )
+        return hints
 
     # -- views --------------------------------------------------------------------------------------------
     @property
@@ -535,8 +576,10 @@ def read_pacemaker_pickle(path: str | os.PathLike) -> list[Atoms]:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
+    with path.open("rb") as handle:
+        compression = "gzip" if handle.read(2) == b"\x1f\x8b" else None  # Pacemaker's .pckl.gzip, or plain
     try:
-        frame = pd.read_pickle(path, compression="infer")
+        frame = pd.read_pickle(path, compression=compression)
     except Exception as exc:
         raise DatasetError(f"{path}: cannot be read as a pickled DataFrame: {exc}") from exc
     missing = [column for column in ("ase_atoms", "energy", "forces") if column not in getattr(frame, "columns", ())]

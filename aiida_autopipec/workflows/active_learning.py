@@ -13,6 +13,8 @@ from aiida.engine import ToContext, WorkChain, append_, if_, while_
 from aiida.plugins import CalculationFactory
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from aiida_autopipec.calculations.ase_label import check_importable_here, validate_calculator
+from aiida_autopipec.calculations.pacemaker import validate_inputs as validate_fit_inputs
 from aiida_autopipec.data import PotentialData, TrainingSetData
 from aiida_autopipec.workflows.base import PacemakerBaseWorkChain
 from aiida_autopipec.workflows.functions import merge_new_structures, remove_candidates, split_held_out
@@ -49,13 +51,31 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
         return "convergence: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
     if not inputs["training_set"].labelled:
         return "training_set: is unlabelled; label it first (autopipec.ase_label)"
-    if "candidates" in inputs and inputs["candidates"].num_structures == 0:
+    if "candidates" in inputs and not inputs["candidates"].base.attributes.get("num_structures", 0):
         return "candidates: the pool is empty"
+    # The first fit's checks, now rather than after the workflow has started (the held-out set stands in if absent).
+    fit = {key: inputs[key] for key in ("training_set", "test_set", "parameters") if key in inputs}
+    fit.setdefault("test_set", inputs["training_set"])
+    problem = validate_fit_inputs(fit, None)
+    if problem:
+        return problem
     if "candidates" in inputs:
         for port in ("selection.code", "labeling.code", "labeling.calculator"):
             namespace, name = port.split(".")
             if inputs.get(namespace, {}).get(name) is None:
                 return f"{port}: needed to select and label candidates"
+        parameters = inputs["parameters"].get_dict() if "parameters" in inputs else {}
+        data_elements = set(fit["training_set"].elements) | set(fit["test_set"].elements)
+        covered = parameters.get("elements") or sorted(data_elements)
+        foreign = sorted(set(inputs["candidates"].elements) - set(covered))
+        if foreign:
+            return f"candidates: contain element(s) {foreign} that the potential will not cover ({covered})"
+        calculator = inputs["labeling"]["calculator"].get_dict()
+        problem = validate_calculator(calculator) or check_importable_here(
+            calculator["import_path"], inputs["labeling"]["code"]
+        )
+        if problem:
+            return f"labeling.{problem}"
     return None
 
 

@@ -69,6 +69,13 @@ def is_finite_potential(bbasis_yaml: str) -> bool:
     return isinstance(content, dict) and "species" in content and finite(content["species"])
 
 
+def _validate_max_iterations(value: orm.Int, _: Any) -> str | None:
+    """At least one calculation must be allowed, or the work chain would end without running anything."""
+    if value is not None and value.value < 1:
+        return f"max_iterations: must be at least 1 (calculations to try), got {value.value}"
+    return None
+
+
 class PacemakerBaseWorkChain(BaseRestartWorkChain):
     """Fit an ACE potential with Pacemaker, restarting the fit when it is killed, runs out of memory or diverges."""
 
@@ -79,6 +86,7 @@ class PacemakerBaseWorkChain(BaseRestartWorkChain):
         super().define(spec)
         spec.expose_inputs(PacemakerCalculation, namespace="pacemaker")
         spec.inputs["max_iterations"].default = lambda: orm.Int(3)
+        spec.inputs["max_iterations"].validator = _validate_max_iterations
         spec.expose_outputs(PacemakerCalculation, exclude=("interim_potential",))
         spec.outline(
             cls.setup,

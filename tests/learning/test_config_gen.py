@@ -179,7 +179,7 @@ def test_automatic_basis_size_uses_the_data_size():
 def test_automatic_basis_size_reads_the_dataset_file(tmp_path):
     path = tmp_path / files.TRAINING_DATA
     write_emt_dataset(path, 12, seed=3)  # 12 structures of 8 atoms: (12 + 3 * 96) / 40 = 7.5 -> 6 (2 blocks)
-    config = PacemakerConfigGenerator(SystemConfig(elements=ELEMENTS)).generate(path)
+    config = PacemakerConfigGenerator(SystemConfig(elements=ELEMENTS)).generate(path, trusted=True)  # our pickle
     assert config["potential"]["functions"]["number_of_functions_per_element"] == 6
     assert config["data"]["filename"] == str(path)
 
