@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import sysconfig
 import tempfile
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 from aiida import orm
 from aiida.common.exceptions import NotExistent
 
-__all__ = ["find_executable", "get_or_create_local_code", "get_or_create_localhost"]
+__all__ = ["find_executable", "get_or_create_local_code", "get_or_create_localhost", "get_or_create_python_code"]
 
 
 def find_executable(name: str) -> Path | None:
@@ -57,4 +58,36 @@ def get_or_create_local_code(label: str = "pacemaker", computer: orm.Computer | 
         default_calc_job_plugin="autopipec.pacemaker",
         computer=computer,
         filepath_executable=str(executable),
+    ).store()
+
+
+#: Python codes the active-learning loop needs, by default label: (entry point, what it does).
+PYTHON_CODES = {
+    "ase-label": ("autopipec.ase_label", "Python with ASE: labels structures with an ASE calculator"),
+    "pace-select": ("autopipec.select", "Python with pyace: extrapolation grades and selection"),
+}
+
+
+def get_or_create_python_code(label: str, computer: orm.Computer | None = None) -> orm.InstalledCode:
+    """The code ``label@computer`` running the Python next to ``pacemaker`` (it has pyace and ASE); created once.
+
+    ``label`` is a key of :data:`PYTHON_CODES` (its entry point becomes the code's default plugin) or any other
+    label for a plain Python code.
+    """
+    computer = computer or get_or_create_localhost()
+    try:
+        return orm.load_code(f"{label}@{computer.label}")
+    except NotExistent:
+        pass
+    pacemaker = find_executable("pacemaker")
+    python = pacemaker.parent / "python" if pacemaker is not None else None
+    if python is None or not python.exists():
+        python = Path(sys.executable)
+    plugin, description = PYTHON_CODES.get(label, (None, "Python of this environment"))
+    return orm.InstalledCode(
+        label=label,
+        description=description,
+        default_calc_job_plugin=plugin,
+        computer=computer,
+        filepath_executable=str(python),
     ).store()

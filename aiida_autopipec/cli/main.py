@@ -31,15 +31,27 @@ def autopipec() -> None:
 
 
 @autopipec.command()
-@click.option("--computer", default="localhost", show_default=True, help="AiiDA computer to register the code on.")
-@click.option("--label", default="pacemaker", show_default=True, help="Label of the code.")
+@click.option("--computer", default="localhost", show_default=True, help="AiiDA computer to register the codes on.")
+@click.option("--label", default="pacemaker", show_default=True, help="Label of the pacemaker code.")
 def setup(computer: str, label: str) -> None:
-    """Register this environment's `pacemaker` as an AiiDA code (idempotent)."""
+    """Register this environment's `pacemaker` and the labeller/selection Python codes (idempotent)."""
     load_or_create_profile()
-    from aiida_autopipec.codes import get_or_create_local_code, get_or_create_localhost
+    from aiida_autopipec.codes import (
+        PYTHON_CODES,
+        get_or_create_local_code,
+        get_or_create_localhost,
+        get_or_create_python_code,
+    )
 
-    code = get_or_create_local_code(label, get_or_create_localhost(computer))
-    click.echo(f"code {code.full_label} (pk {code.pk}) runs {code.filepath_executable}")
+    host = get_or_create_localhost(computer)
+    try:
+        codes = [get_or_create_local_code(label, host)]
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    codes += [get_or_create_python_code(python_label, host) for python_label in PYTHON_CODES]
+    for code in codes:
+        plugin = code.default_calc_job_plugin or "-"
+        click.echo(f"code {code.full_label} (pk {code.pk}, {plugin}) runs {code.filepath_executable}")
 
 
 @autopipec.command()

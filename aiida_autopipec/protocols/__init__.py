@@ -199,7 +199,7 @@ def _check_dict_contents(inputs: Mapping[str, Any], path: str = "") -> None:
 
 
 def _to_nodes(inputs: Mapping[str, Any], namespace: PortNamespace) -> dict[str, Any]:
-    """Plain values to the nodes the ports take: dicts to ``orm.Dict``, numbers to ``orm.Int``/``orm.Float``."""
+    """Plain values to the nodes the ports take: dicts to ``orm.Dict``, numbers a port refuses to ``Int``/``Float``."""
     converted = {}
     for key, value in inputs.items():
         port = namespace[key]
@@ -207,8 +207,8 @@ def _to_nodes(inputs: Mapping[str, Any], namespace: PortNamespace) -> dict[str, 
             converted[key] = _to_nodes(value, port)
         elif isinstance(value, Mapping) and port.valid_type is orm.Dict:
             converted[key] = orm.Dict(dict(value))
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or port.non_db:
-            converted[key] = value
+        elif port.validate(value) is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            converted[key] = value  # the port takes it as it is (e.g. metadata options), or it is not a number
         else:
             converted[key] = orm.Int(value) if isinstance(value, int) else orm.Float(value)
     return converted

@@ -19,6 +19,13 @@ def test_setup_is_idempotent(local_computer):
     assert len(codes) == 1
     assert codes[0].filepath_executable.name == "pacemaker"
     assert f"pk {codes[0].pk}" in first.output and f"pk {codes[0].pk}" in second.output
+    # The labeller and selection codes: a Python with ASE and pyace, registered once, with their plugins.
+    for label, plugin in (("ase-label", "autopipec.ase_label"), ("pace-select", "autopipec.select")):
+        python = orm.QueryBuilder().append(orm.InstalledCode, filters={"label": label}).all(flat=True)
+        assert len(python) == 1
+        assert python[0].default_calc_job_plugin == plugin
+        assert python[0].filepath_executable.name.startswith("python")
+        assert f"{label}@{local_computer.label} (pk {python[0].pk}, {plugin})" in second.output
 
 
 @pytest.mark.pacemaker
