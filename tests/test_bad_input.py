@@ -1335,7 +1335,9 @@ def _docs_section(text: str) -> str:
 
 
 def test_docs_table_is_current():
-    assert _docs_section(DOCS.read_text()) == catalogue_markdown(), "run: python tests/test_bad_input.py"
+    text = DOCS.read_text()
+    assert _docs_section(text) == catalogue_markdown(), "run: python tests/test_bad_input.py"
+    assert f"| **{len(CASES)}** (" in text, "update the counts in docs/reliability.md"
 
 
 if __name__ == "__main__":  # rewrite the table in docs/reliability.md

@@ -6,6 +6,7 @@ code the same way and convert on the same side as the fit.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -129,6 +130,29 @@ def error_summary(stderr: str, lines: int = 15) -> str:
     return head + "\n".join(text[-lines:])
 
 
+def _no_partial_files(prepare):
+    """If writing a fit's inputs fails (e.g. a full disk), remove what this call wrote and say where it failed:
+    a truncated dataset next to a complete input.yaml would otherwise be fitted on later without complaint."""
+
+    @functools.wraps(prepare)
+    def wrapper(folder, *args, **kwargs):
+        folder = Path(folder)
+        existing = set(folder.iterdir()) if folder.is_dir() else set()
+        try:
+            return prepare(folder, *args, **kwargs)
+        except OSError as exc:
+            written = sorted(p for p in set(folder.iterdir()) - existing if p.is_file()) if folder.is_dir() else []
+            for path in written:
+                path.unlink(missing_ok=True)
+            names = ", ".join(path.name for path in written) or "nothing"
+            raise OSError(
+                exc.errno, f"cannot write the fit's input files into {folder}: {exc.strerror or exc} (removed: {names})"
+            ) from exc
+
+    return wrapper
+
+
+@_no_partial_files
 def prepare_fit(
     folder: str | os.PathLike,
     generator: PacemakerConfigGenerator,
