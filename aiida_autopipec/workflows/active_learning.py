@@ -6,7 +6,7 @@ iteration's fit, selection, labelling and merged training set linked in provenan
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, append_, if_, while_
@@ -18,6 +18,13 @@ from aiida_autopipec.calculations.pacemaker import validate_inputs as validate_f
 from aiida_autopipec.data import PotentialData, TrainingSetData
 from aiida_autopipec.workflows.base import PacemakerBaseWorkChain
 from aiida_autopipec.workflows.functions import merge_new_structures, remove_candidates, split_held_out
+from aiida_autopipec.workflows.labeling import (
+    FAILURES_OUTPUT,
+    LABELLED_OUTPUT,
+    STRUCTURES_INPUT,
+    check_labeling_workflow,
+    load_labeling_workflow,
+)
 
 __all__ = ["ActiveLearningWorkChain", "ConvergenceConfig"]
 
@@ -35,6 +42,22 @@ class ConvergenceConfig(BaseModel):
     gamma_upper: float = Field(25.0, gt=0, description="candidates above it are treated as unphysical and skipped")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share carved from the data without test_set")
     seed: int = Field(42, ge=0, description="seed of that split")
+    selection: Literal["max_gamma", "d_optimal"] = Field(
+        "max_gamma",
+        description="among the candidates in the trust window: highest γ first, or a D-optimal set (pace_select)",
+    )
+    forgetting_tolerance: float = Field(
+        0.1,
+        ge=0,
+        description="relative rise of the force RMSE on the original data, from one fit to the next, that triggers "
+        "the forgetting guard (0.1: more than 10 %)",
+    )
+    forgetting_weight_factor: float = Field(
+        2.0, gt=1, description="the guard multiplies the weight of the original data in the next fit by this"
+    )
+    max_original_weight: float = Field(
+        16.0, ge=1, description="cap of that weight, relative to 1 for the data the loop added"
+    )
 
     @model_validator(mode="after")
     def _check_trust_levels(self) -> ConvergenceConfig:
@@ -60,23 +83,44 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
     if problem:
         return problem
     if "candidates" in inputs:
-        for port in ("selection.code", "labeling.code", "labeling.calculator"):
-            namespace, name = port.split(".")
-            if inputs.get(namespace, {}).get(name) is None:
-                return f"{port}: needed to select and label candidates"
+        problem = validate_selection_and_labeling(inputs)
+        if problem:
+            return problem
         parameters = inputs["parameters"].get_dict() if "parameters" in inputs else {}
         data_elements = set(fit["training_set"].elements) | set(fit["test_set"].elements)
         covered = parameters.get("elements") or sorted(data_elements)
         foreign = sorted(set(inputs["candidates"].elements) - set(covered))
         if foreign:
             return f"candidates: contain element(s) {foreign} that the potential will not cover ({covered})"
-        calculator = inputs["labeling"]["calculator"].get_dict()
-        problem = validate_calculator(calculator) or check_importable_here(
-            calculator["import_path"], inputs["labeling"]["code"]
-        )
-        if problem:
-            return f"labeling.{problem}"
+        if "workflow" not in inputs["labeling"]:  # the ASE labeller (a labelling workflow checks its own inputs)
+            calculator = inputs["labeling"]["calculator"].get_dict()
+            problem = validate_calculator(calculator) or check_importable_here(
+                calculator["import_path"], inputs["labeling"]["code"]
+            )
+            if problem:
+                return f"labeling.{problem}"
     return None
+
+
+def validate_selection_and_labeling(inputs: dict) -> str | None:
+    """A selection code, and either the ASE labeller (code + calculator) or a labelling workflow that fits the
+    contract of :mod:`aiida_autopipec.workflows.labeling`."""
+    if inputs.get("selection", {}).get("code") is None:
+        return "selection.code: needed to select candidates"
+    labeling = inputs.get("labeling", {})
+    if "workflow" not in labeling:
+        for name in ("code", "calculator"):
+            if labeling.get(name) is None:
+                return f"labeling.{name}: needed to label candidates (or give labeling.workflow)"
+        return None
+    if labeling.get("code") is not None or labeling.get("calculator") is not None:
+        return "labeling: give either labeling.workflow or the ASE labeller's code and calculator, not both"
+    try:
+        process_class = load_labeling_workflow(labeling["workflow"].value)
+    except ValueError as exc:
+        return f"labeling.workflow: {exc}"
+    problem = check_labeling_workflow(process_class, labeling.get("workflow_inputs", {}))
+    return f"labeling.workflow: {problem}" if problem else None
 
 
 class ActiveLearningWorkChain(WorkChain):
@@ -104,7 +148,8 @@ class ActiveLearningWorkChain(WorkChain):
             valid_type=orm.Dict,
             default=lambda: orm.Dict({}),
             help="ConvergenceConfig: rmse_forces (eV/Å), rmse_energy (eV/atom), max_iterations, max_new_structures, "
-            "gamma_lower, gamma_upper, test_fraction, seed.",
+            "gamma_lower, gamma_upper, test_fraction, seed, selection ('max_gamma' | 'd_optimal'), "
+            "forgetting_tolerance, forgetting_weight_factor, max_original_weight.",
         )
         for namespace, what in (
             ("pacemaker", "the `pacemaker` code"),
@@ -124,6 +169,19 @@ class ActiveLearningWorkChain(WorkChain):
             valid_type=orm.Dict,
             required=False,
             help='{"import_path": "ase.calculators.emt.EMT", "kwargs": {}}',
+        )
+        spec.input(
+            "labeling.workflow",
+            valid_type=orm.Str,
+            required=False,
+            help="Instead of the ASE labeller: an aiida.workflows entry point (e.g. 'autopipec.label.ase') that takes "
+            "`structures` and returns a labelled `training_set` (see aiida_autopipec.workflows.labeling).",
+        )
+        spec.input_namespace(
+            "labeling.workflow_inputs",
+            dynamic=True,
+            required=False,
+            help="Inputs of labeling.workflow other than `structures`, passed on unchanged.",
         )
         spec.inputs.validator = validate_inputs
         spec.outline(
@@ -176,6 +234,8 @@ class ActiveLearningWorkChain(WorkChain):
         self.ctx.converged = False
         self.ctx.stop = None  # exit code that ends the loop
         self.ctx.best = None  # (test force RMSE, workchain node) of the best fit so far
+        self.ctx.num_original = self.ctx.training_set.num_structures  # merges append: these stay first
+        self.ctx.original_weight = 1.0  # raised by the forgetting guard
 
     def should_train(self) -> bool:
         return (
@@ -201,6 +261,13 @@ class ActiveLearningWorkChain(WorkChain):
         }
         if self.ctx.iteration > 1:  # warm start from the previous potential: same basis, more data
             pacemaker["initial_potential"] = self.ctx.fits[-1].outputs.potential
+        # The forgetting guard watches the errors on the original data and weighs them up when they rise.
+        pacemaker["evaluation_subsets"] = orm.Dict({"original": list(range(self.ctx.num_original))})
+        if self.ctx.original_weight != 1.0:
+            added = self.ctx.training_set.num_structures - self.ctx.num_original
+            pacemaker["structure_weights"] = orm.List(
+                [self.ctx.original_weight] * self.ctx.num_original + [1.0] * added
+            )
         future = self.submit(PacemakerBaseWorkChain, pacemaker=pacemaker)
         return ToContext(fits=append_(future))
 
@@ -223,13 +290,42 @@ class ActiveLearningWorkChain(WorkChain):
                 "is_converged": self.ctx.converged,
                 "fit": node.uuid,
                 "fit_wall_time_s": (node.mtime - node.ctime).total_seconds(),
+                "original": metrics.get("subsets", {}).get("original"),
+                "original_weight": self.ctx.original_weight,
             }
         )
         if self.ctx.converged:
             self.report(self._line("converged"))
         elif self.ctx.iteration >= self.ctx.convergence.max_iterations:
             self.report(self._line("last iteration"))
+        else:
+            self._guard_against_forgetting()
         return None
+
+    def _guard_against_forgetting(self) -> None:
+        """Raise the weight of the original data in the next fit when its force RMSE rose by more than the
+        tolerance since the previous fit: new data must not make the model forget what it had learnt."""
+        if len(self.ctx.history) < 2:
+            return
+        previous, current = self.ctx.history[-2].get("original"), self.ctx.history[-1].get("original")
+        if not previous or not current:
+            return
+        convergence = self.ctx.convergence
+        before, now = previous["rmse_forces"], current["rmse_forces"]
+        if now <= before * (1 + convergence.forgetting_tolerance):
+            return
+        weight = self.ctx.original_weight
+        raised = min(weight * convergence.forgetting_weight_factor, convergence.max_original_weight)
+        what = (
+            f"iter {self.ctx.iteration}: forgetting guard: force RMSE on the {self.ctx.num_original} original "
+            f"structures rose from {before:.4f} to {now:.4f} eV/Å (more than {convergence.forgetting_tolerance:.0%})"
+        )
+        if raised > weight:
+            self.report(f"{what}; their weight in the next fit: {weight:g} -> {raised:g}")
+        else:
+            self.report(f"{what}; their weight stays at its cap {weight:g} (max_original_weight)")
+        self.ctx.history[-1]["forgetting_guard"] = {"rmse_forces_before": before, "weight_next": raised}
+        self.ctx.original_weight = raised
 
     def should_grow(self) -> bool:
         if self.ctx.converged or self.ctx.iteration >= self.ctx.convergence.max_iterations:
@@ -252,6 +348,7 @@ class ActiveLearningWorkChain(WorkChain):
                     "max_new_structures": convergence.max_new_structures,
                     "gamma_lower": convergence.gamma_lower,
                     "gamma_upper": convergence.gamma_upper,
+                    "method": convergence.selection,
                 }
             ),
             "metadata": {"options": dict(self.inputs.selection.get("options", {}))},
@@ -277,25 +374,33 @@ class ActiveLearningWorkChain(WorkChain):
         return self.ctx.stop is None
 
     def label(self):
+        labeling = self.inputs.labeling
+        if "workflow" in labeling:  # another AiiDA workflow, through the labelling contract
+            inputs = {**labeling.get("workflow_inputs", {}), STRUCTURES_INPUT: self.ctx.selection.outputs.selected}
+            return ToContext(labelling=self.submit(load_labeling_workflow(labeling.workflow.value), **inputs))
         inputs = {
-            "code": self.inputs.labeling.code,
+            "code": labeling.code,
             "structures": self.ctx.selection.outputs.selected,
-            "calculator": self.inputs.labeling.calculator,
-            "metadata": {"options": dict(self.inputs.labeling.get("options", {}))},
+            "calculator": labeling.calculator,
+            "metadata": {"options": dict(labeling.get("options", {}))},
         }
         return ToContext(labelling=self.submit(CalculationFactory("autopipec.ase_label"), **inputs))
 
     def inspect_labelling(self):
         node = self.ctx.labelling
-        if not node.is_finished_ok:
+        output = LABELLED_OUTPUT if "workflow" in self.inputs.labeling else "labelled"
+        if not node.is_finished_ok or output not in node.outputs:
             return self.exit_codes.ERROR_LABELLING_FAILED.format(
-                iteration=self.ctx.iteration, message=f"{node.process_label}<{node.pk}> [{node.exit_status}]"
+                iteration=self.ctx.iteration,
+                message=f"{node.process_label}<{node.pk}> [{node.exit_status}] {node.exit_message or ''}".strip(),
             )
-        self.ctx.history[-1]["labelling_failures"] = len(node.outputs.failures.get_dict().get("failures", []))
+        self.ctx.labelled = node.outputs[output]
+        failures = node.outputs[FAILURES_OUTPUT].get_dict() if FAILURES_OUTPUT in node.outputs else {}
+        self.ctx.history[-1]["labelling_failures"] = len(failures.get("failures", []))
         return None
 
     def merge(self) -> None:
-        merged = merge_new_structures(self.ctx.training_set, self.ctx.labelling.outputs.labelled)
+        merged = merge_new_structures(self.ctx.training_set, self.ctx.labelled)
         self.ctx.training_set = merged["training_set"]
         remaining = remove_candidates(self.ctx.pool, self.ctx.selection.outputs.selected_indices)
         self.ctx.pool = remaining.get("candidates")
@@ -326,7 +431,10 @@ class ActiveLearningWorkChain(WorkChain):
         rmse = (entry["test"] or entry["train"])["rmse_forces"]
         gamma = entry.get("selection", {}).get("max_gamma")
         text = f"iter {entry['iteration']}: {entry['num_structures']} structures, test F-RMSE {rmse:.4f} eV/Å "
-        text += f"(target {self.ctx.convergence.rmse_forces}), {outcome}"
+        text += f"(target {self.ctx.convergence.rmse_forces}), "
+        if entry.get("original") and self.ctx.num_original < entry["num_structures"]:
+            text += f"original-data F-RMSE {entry['original']['rmse_forces']:.4f} eV/Å, "
+        text += outcome
         return text + (f" (γ max {gamma:.1f})" if gamma is not None else "")
 
     @classmethod
@@ -347,4 +455,5 @@ _NOTHING_SELECTABLE = (
     "ERROR_NO_EXTRAPOLATIVE_CANDIDATE",
     "ERROR_ALL_CANDIDATES_ABOVE_UPPER",
     "ERROR_NO_CANDIDATE_IN_WINDOW",
+    "ERROR_NOTHING_D_OPTIMAL",
 )
