@@ -14,6 +14,7 @@ PROCESSES = [
     "aiida_autopipec.calculations.select:SelectionCalculation",
     "aiida_autopipec.workflows.base:PacemakerBaseWorkChain",
     "aiida_autopipec.workflows.active_learning:ActiveLearningWorkChain",
+    "aiida_autopipec.workflows.labeling:AseLabelWorkChain",
 ]
 #: Ports of the engine, not of this plugin (in exposed namespaces too).
 SKIPPED_INPUTS = ("metadata", "monitors", "remote_folder")
