@@ -70,6 +70,10 @@ def test_show(trained):
     curve = node.outputs.learning_curve
     assert "Learning curve" in result.output
     assert f"{int(curve.get_array('iteration')[-1]):>6} {curve.get_array('loss')[-1]:>11.4e}" in result.output
+    # A PotentialData shows the metrics of the fit that made it.
+    by_potential = invoke("show", node.outputs.potential.uuid)
+    assert by_potential.exit_code == 0, by_potential.output
+    assert f"{metrics['test']['rmse_forces']:.4f}" in by_potential.output and "Learning curve" in by_potential.output
 
 
 def test_export_writes_a_usable_potential(trained, tmp_path, emt_test_structures):
@@ -180,6 +184,33 @@ def test_daemon_submission_prints_how_to_follow(pacemaker_code, data_files, monk
     result = invoke("train", train, "--protocol", "fast", "--code", code.full_label, "--daemon", "--gpu")
     assert result.exit_code == 0, result.output
     assert submitted[1].pacemaker.metadata.options.gpus == 1
+
+
+def test_learn_wires_candidates_codes_and_labeller(pacemaker_code, data_files, monkeypatch, tmp_path):
+    import aiida.engine
+
+    submitted = []
+
+    def fake_submit(builder):
+        submitted.append(builder)
+        return orm.WorkflowNode().store()
+
+    monkeypatch.setattr(aiida.engine, "submit", fake_submit)
+    train, test = data_files
+    arguments = ["learn", train, "--candidates", test, "--code", pacemaker_code.full_label, "--daemon"]
+    result = invoke(*arguments, "--calculator-kwargs", "{asap_cutoff: true}", "-c", "max_new_structures=3")
+    assert result.exit_code == 0, result.output
+    builder = submitted[0]
+    assert builder.candidates.labelled is False and builder.candidates.num_structures == 8
+    assert builder.convergence["max_new_structures"] == 3
+    assert builder.labeling.calculator.get_dict() == {
+        "import_path": "ase.calculators.emt.EMT",
+        "kwargs": {"asap_cutoff": True},
+    }
+    assert builder.selection.code.label == "pace-select" and builder.labeling.code.label == "ase-label"
+    assert builder.selection.code.computer.uuid == pacemaker_code.computer.uuid
+    bad = invoke(*arguments, "-c", "max_new_structure=3")
+    assert bad.exit_code == 1 and "convergence: max_new_structure: Extra inputs are not permitted" in bad.output
 
 
 @pytest.mark.parametrize(
