@@ -186,6 +186,25 @@ def test_daemon_submission_prints_how_to_follow(pacemaker_code, data_files, monk
     assert submitted[1].pacemaker.metadata.options.gpus == 1
 
 
+def test_overrides_file_is_merged_and_checked(pacemaker_code, data_files, monkeypatch, tmp_path):
+    import aiida.engine
+
+    submitted = []
+    monkeypatch.setattr(aiida.engine, "submit", lambda builder: submitted.append(builder) or orm.WorkflowNode().store())
+    train, _ = data_files
+    overrides = tmp_path / "overrides.yaml"
+    overrides.write_text("pacemaker:\n  parameters: {kappa: 0.4}\n  settings: {retrieve_predictions: true}\n")
+    arguments = ["train", train, "--code", pacemaker_code.full_label, "--daemon", "--overrides", overrides]
+    result = invoke(*arguments, "-p", "maxiter=30")
+    assert result.exit_code == 0, result.output
+    pacemaker = submitted[0].pacemaker
+    assert pacemaker.parameters["kappa"] == 0.4 and pacemaker.parameters["maxiter"] == 30
+    assert pacemaker.settings.get_dict() == {"retrieve_predictions": True}
+    overrides.write_text("pacemaker:\n  setings: {}\n")
+    result = invoke(*arguments)
+    assert result.exit_code == 1 and "unknown input 'pacemaker.setings'" in result.output
+
+
 def test_learn_wires_candidates_codes_and_labeller(pacemaker_code, data_files, monkeypatch, tmp_path):
     import aiida.engine
 
