@@ -61,7 +61,10 @@ class UnitsWarning(UserWarning):
 def _labels(atoms: Atoms, index: int) -> tuple[float, np.ndarray]:
     """Energy (eV) and forces (eV/Å) of one structure, from its calculator or its extxyz info/arrays."""
     energy = forces = None
-    if atoms.calc is not None:
+    if isinstance(atoms.calc, SinglePointCalculator) and _same_geometry(atoms.calc.atoms, atoms):
+        # Labels of exactly this geometry: ASE's tolerance-based state check (slow for large sets) is not needed.
+        energy, forces = atoms.calc.results.get("energy"), atoms.calc.results.get("forces")
+    elif atoms.calc is not None:
         try:
             energy = atoms.calc.get_potential_energy(atoms)
         except (PropertyNotImplementedError, RuntimeError, AttributeError):
@@ -85,14 +88,42 @@ def _labels(atoms: Atoms, index: int) -> tuple[float, np.ndarray]:
     return energy, np.asarray(forces, dtype=float)
 
 
-def _minimum_distance(atoms: Atoms) -> float:
-    """Shortest interatomic distance (Å), periodic images included; inf for a single isolated atom."""
+def _same_geometry(reference: Atoms | None, atoms: Atoms) -> bool:
+    """Exactly the same atoms, positions, cell and periodicity (a calculator's results belong to ``atoms``)."""
+    return (
+        reference is not None
+        and np.array_equal(reference.numbers, atoms.numbers)
+        and np.array_equal(reference.positions, atoms.positions)
+        and np.array_equal(reference.cell.array, atoms.cell.array)
+        and np.array_equal(reference.pbc, atoms.pbc)
+    )
+
+
+#: Up to this many atoms the overlap check compares all pairs at once; larger structures use ASE's neighbour list.
+ALL_PAIRS_MAX_ATOMS = 500
+
+
+def _atoms_overlap(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> bool:
+    """Whether two atoms, periodic images included, are closer than ``MIN_INTERATOMIC_DISTANCE``.
+
+    All pairs with the minimum image in fractional coordinates: exact for distances below half the smallest periodic
+    cell height (any image that close has fractional offsets below 1/2), so only very thin cells or large structures
+    need ASE's (much slower per structure) neighbour list.
+    """
+    from ase.geometry import complete_cell
     from ase.neighborlist import neighbor_list
 
-    if len(atoms) == 1 and not atoms.pbc.any():
-        return float("inf")
-    distances = neighbor_list("d", atoms, MIN_INTERATOMIC_DISTANCE)
-    return float(distances.min()) if len(distances) else float("inf")
+    full_cell = complete_cell(cell)
+    reciprocal = np.linalg.inv(full_cell)  # columns b_i with a_j . b_i = delta_ij; cell heights are 1 / |b_i|
+    heights = 1.0 / np.linalg.norm(reciprocal, axis=0)
+    if len(numbers) > ALL_PAIRS_MAX_ATOMS or (heights[pbc] < 2 * MIN_INTERATOMIC_DISTANCE).any():
+        atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
+        return len(neighbor_list("d", atoms, MIN_INTERATOMIC_DISTANCE)) > 0
+    first, second = np.triu_indices(len(numbers), k=1)
+    fractional = (positions[second] - positions[first]) @ reciprocal
+    fractional[:, pbc] -= np.round(fractional[:, pbc])
+    distances = np.linalg.norm(fractional @ full_cell, axis=1)
+    return bool(len(distances)) and float(distances.min()) < MIN_INTERATOMIC_DISTANCE
 
 
 @dataclass(frozen=True)
@@ -293,19 +324,21 @@ class StructureArrays:
 
     def check_geometry(self) -> None:
         """Periodic cells must have volume and atoms must not overlap (distance < 0.1 Å)."""
+        from ase.cell import Cell
         from ase.geometry import complete_cell
 
-        for index, atoms in enumerate(self.to_atoms(with_labels=False)):
+        offsets = self.offsets
+        for index in range(self.num_structures):
+            cell, pbc = self.cells[index], self.pbc[index]
             # ``cell.rank`` counts non-zero vectors only; coplanar vectors also have zero volume
-            # and would make the neighbour list fail with a bare LinAlgError.
-            if atoms.pbc.any() and (
-                atoms.cell.rank < int(atoms.pbc.sum()) or np.linalg.matrix_rank(complete_cell(atoms.cell)) < 3
-            ):
+            # and would make the overlap check fail with a bare LinAlgError.
+            if pbc.any() and (Cell(cell).rank < int(pbc.sum()) or np.linalg.matrix_rank(complete_cell(cell)) < 3):
                 raise DatasetError(f"structure {index}: periodic cell is degenerate (zero volume)")
-            if _minimum_distance(atoms) < MIN_INTERATOMIC_DISTANCE:
+            atoms = slice(offsets[index], offsets[index + 1])
+            if _atoms_overlap(self.numbers[atoms], self.positions[atoms], cell, pbc):
+                formula = Atoms(numbers=self.numbers[atoms]).get_chemical_formula()
                 raise DatasetError(
-                    f"structure {index} ({atoms.get_chemical_formula()}): atoms overlap "
-                    f"(closer than {MIN_INTERATOMIC_DISTANCE} Å)"
+                    f"structure {index} ({formula}): atoms overlap (closer than {MIN_INTERATOMIC_DISTANCE} Å)"
                 )
 
     def units_hints(self) -> list[str]:
