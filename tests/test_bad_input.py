@@ -8,6 +8,7 @@ the same rows (``python tests/test_bad_input.py`` rewrites it; ``test_docs_table
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import sys
@@ -574,8 +575,8 @@ CASES: list[Case] = [
     Case(
         "db-empty",
         "API",
-        "an empty database file",
-        ("matched no rows",),
+        "an empty (0-byte) database file",
+        ("the file is empty, not an ASE database",),
         DATASET,
         lambda ctx: _from_db(write_text(ctx, "empty.db", b"")),
     ),
@@ -1306,6 +1307,17 @@ def test_bad_input_is_refused_before_anything_is_stored(case: Case, ctx):
     for excerpt in case.excerpts:
         assert excerpt in message, f"{case.id}: {excerpt!r} not in {message!r}"
     assert _node_count() == before, f"{case.id}: nodes were stored"
+
+
+def test_importing_leaves_the_source_files_untouched(ctx):
+    """Reading (also failing to read) a user's file never writes to it: ase.db would add its schema to an empty one."""
+    sources = [write_text(ctx, "empty.db", b""), ase_db(ctx), extxyz(ctx), write_text(ctx, "bad.db", b"\x00" * 99)]
+    before = {path: path.read_bytes() for path in sources}
+    for path in sources:
+        with contextlib.suppress(ValueError):
+            (_from_file if path.suffix == ".extxyz" else _from_db)(path)
+    assert {path: path.read_bytes() for path in sources} == before
+    assert sorted(path.name for path in ctx.tmp_path.iterdir()) == sorted(path.name for path in sources)
 
 
 def test_catalogue_is_large_and_unique():

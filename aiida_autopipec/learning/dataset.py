@@ -586,6 +586,8 @@ def read_ase_db(
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such database file")
+    if path.stat().st_size == 0:  # ase.db would write its empty schema into the user's file
+        raise DatasetError(f"{path}: the file is empty, not an ASE database")
     try:
         with ase.db.connect(path) as database:
             rows = database.select(selection, **key_value_pairs)
