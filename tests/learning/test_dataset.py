@@ -401,6 +401,31 @@ def test_isolated_atom_and_distant_pair_are_accepted():
     assert np.array_equal(arrays.natoms, [1, 2])
 
 
+@pytest.mark.parametrize("all_pairs_max_atoms", [500, 0], ids=["all-pairs", "neighbour-list"])
+@pytest.mark.parametrize("gap", [0.05, 0.3])
+def test_overlap_across_the_periodic_boundary_of_a_skewed_cell(monkeypatch, all_pairs_max_atoms, gap):
+    """Two atoms a ``gap`` (Å) apart only through the boundary; both ways of checking agree with the distance."""
+    from aiida_autopipec.learning import dataset
+
+    monkeypatch.setattr(dataset, "ALL_PAIRS_MAX_ATOMS", all_pairs_max_atoms)
+    cell = np.array([[3.0, 0.0, 0.0], [1.9, 3.0, 0.0], [0.7, -1.1, 3.2]])
+    atoms = Atoms("Cu2", positions=[[0.01, 0.5, 0.5], [3.01 - gap, 0.5, 0.5]], cell=cell, pbc=True)
+    assert atoms.get_distance(0, 1, mic=True) == pytest.approx(gap)
+    if gap < dataset.MIN_INTERATOMIC_DISTANCE:
+        with pytest.raises(DatasetError, match="atoms overlap"):
+            StructureArrays.from_atoms([_labelled(atoms)])
+    else:
+        assert StructureArrays.from_atoms([_labelled(atoms)]).num_structures == 1
+
+
+def test_labels_of_a_moved_structure_are_not_used():
+    """A SinglePointCalculator's labels belong to the geometry it was made for, not to atoms moved afterwards."""
+    atoms = _labelled(_al_pair(distance=2.5))
+    atoms.positions[1, 0] += 0.2
+    with pytest.raises(DatasetError, match="no energy"):
+        StructureArrays.from_atoms([atoms])
+
+
 @pytest.mark.parametrize(
     "cell",
     [
