@@ -589,6 +589,22 @@ CASES: list[Case] = [
         lambda ctx: _from_db(ase_db(ctx), config="test"),
     ),
     Case(
+        "db-bad-selection",
+        "API",
+        "selection `energy>abc` (not a number)",
+        ("the selection 'energy>abc' cannot be applied", "must be a number"),
+        DATASET,
+        lambda ctx: _from_db(ase_db(ctx), "energy>abc"),
+    ),
+    Case(
+        "db-unknown-type",
+        "API",
+        "`from_ase_db` of a `.txt` file",
+        ("cannot be read as an ASE database", "Unknown database type"),
+        DATASET,
+        lambda ctx: _from_db(write_text(ctx, "data.txt", "hello\n")),
+    ),
+    Case(
         "db-unlabelled",
         "API",
         "database rows without energy or forces",

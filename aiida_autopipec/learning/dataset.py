@@ -588,16 +588,22 @@ def read_ase_db(
         raise DatasetError(f"{path}: no such database file")
     if path.stat().st_size == 0:  # ase.db would write its empty schema into the user's file
         raise DatasetError(f"{path}: the file is empty, not an ASE database")
+    described = " ".join(str(part) for part in (repr(selection), key_value_pairs or "") if part)
     try:
-        with ase.db.connect(path) as database:
+        database = ase.db.connect(path)
+        database.count()  # reads the file: a corrupt one fails here, not in the selection
+    except Exception as exc:
+        raise DatasetError(f"{path}: cannot be read as an ASE database: {exc}") from exc
+    with database:
+        try:
             rows = database.select(selection, **key_value_pairs)
             if progress is not None:
                 rows = progress(rows, database.count(selection, **key_value_pairs))
             rows = list(rows)
-    except Exception as exc:
-        raise DatasetError(f"{path}: cannot be read as an ASE database: {exc}") from exc
+        except Exception as exc:
+            raise DatasetError(f"{path}: the selection {described} cannot be applied: {exc}") from exc
     if not rows:
-        raise DatasetError(f"{path}: the selection {selection!r} {key_value_pairs or ''} matched no rows")
+        raise DatasetError(f"{path}: the selection {described} matched no rows")
     return [row.toatoms() for row in rows]
 
 
