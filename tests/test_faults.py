@@ -101,6 +101,12 @@ def test_labelling_failures_are_skipped_and_reported_and_the_loop_goes_on(
     assert all(failure["error"] == "RuntimeError: flaky: odd number of Cu atoms" for failure in failures)
     labelled = labelling.outputs.labelled.to_ase()
     assert all(atoms.get_chemical_symbols().count("Cu") % 2 == 0 for atoms in labelled)
+    # ... and in the work chain's report, which `verdi process report` shows.
+    from aiida.cmdline.utils.common import get_workchain_report
+
+    report = get_workchain_report(node, "REPORT")
+    assert f"iter 1: {first['labelling_failures']} selected structure(s) could not be labelled" in report
+    assert "first: RuntimeError: flaky: odd number of Cu atoms" in report
 
 
 @pytest.mark.pacemaker

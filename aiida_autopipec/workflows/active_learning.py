@@ -397,6 +397,13 @@ class ActiveLearningWorkChain(WorkChain):
         self.ctx.labelled = node.outputs[output]
         failures = node.outputs[FAILURES_OUTPUT].get_dict() if FAILURES_OUTPUT in node.outputs else {}
         self.ctx.history[-1]["labelling_failures"] = len(failures.get("failures", []))
+        if failures.get("failures"):  # left out, not fatal: the others are merged
+            first = failures["failures"][0]
+            self.report(
+                f"iter {self.ctx.iteration}: {len(failures['failures'])} selected structure(s) could not be labelled "
+                f"and are left out (see {node.process_label}<{node.pk}> outputs.{FAILURES_OUTPUT}); first: "
+                f"{first.get('error', '?')}"
+            )
         return None
 
     def merge(self) -> None:
