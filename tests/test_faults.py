@@ -122,13 +122,15 @@ def test_labelling_that_fails_for_every_structure_stops_the_loop(pacemaker_code,
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 8 KiB tmpfs (needs root); the test is skipped where mounting is not permitted."""
+    if shutil.which("mount") is None:
+        pytest.skip("no `mount` command here")
     mount_point = tmp_path / "small_disk"
     mount_point.mkdir()
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(mount_point)], capture_output=True, check=False
     )
-    if mounted.returncode != 0 or shutil.which("mount") is None:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
     try:
         yield mount_point
     finally:
