@@ -1,0 +1,217 @@
+"""Label efficiency: labelled structures needed to reach a held-out force RMSE target with γ selection, divided by
+what random selection needs, with the same start, pool, budget per round and training settings.
+
+Both arms run the same loop, AiiDA-free so that only the selection differs: ``PacemakerRunner`` fits (warm-started
+from the previous round's potential, as the workchain does), the test force RMSE of the delivered model is read,
+then the next structures are chosen (γ: the ``select_structures`` functions the workchain's SelectionCalculation
+runs, with its default trust window; random: uniformly from the remaining pool) and labelled with EMT.
+Every arm runs all rounds, so the whole learning curve is reported and the target is applied afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import load_average, print_table, save_partial
+
+NAME = "label_efficiency"
+SETTINGS = {
+    "quick": {
+        "seeds": [0],
+        "initial": 6,
+        "pool": 16,
+        "test": 8,
+        "new": 4,
+        "rounds": 2,
+        "maxiter": 10,
+        "target": 0.15,
+    },
+    "full": {
+        "seeds": [0, 1, 2],
+        "initial": 6,
+        "pool": 60,
+        "test": 20,
+        "new": 6,
+        "rounds": 3,
+        "maxiter": 30,
+        "target": 0.15,
+    },
+}
+#: Comma-separated seeds to run instead of the mode's (results of several runs are joined with ``merge``).
+SEEDS_VARIABLE = "AUTOPIPEC_BENCHMARK_SEEDS"
+#: Pool and test structures: equal shares of these rattle amplitudes (Å), so both hold mild and strong distortions.
+RATTLES = (0.05, 0.1, 0.2)
+
+
+def mixed_structures(count: int, seed: int, labelled: bool) -> list:
+    from aiida_autopipec.learning.reference_data import emt_dataset
+
+    parts = np.array_split(np.arange(count), len(RATTLES))
+    structures = []
+    for offset, (rattle, part) in enumerate(zip(RATTLES, parts, strict=True)):
+        structures += emt_dataset(len(part), seed=seed * 100 + offset, rattle=rattle, strain=0.05, labelled=labelled)
+    return structures
+
+
+def gamma_choice(folder: Path, potential: Path, training: list, pool: list, budget: int) -> list[int]:
+    """Indices into ``pool`` chosen like the workchain's selection: largest γ within its default trust window."""
+    from aiida_autopipec.learning import select_structures
+    from aiida_autopipec.workflows.active_learning import ConvergenceConfig
+
+    folder.mkdir()
+    shutil.copy(potential, folder / "potential.yaml")
+    energies = [atoms.get_potential_energy() for atoms in training]
+    forces = [atoms.get_forces() for atoms in training]
+    asi = select_structures.build_active_set(folder, "potential.yaml", training, energies, forces)
+    gammas = select_structures.max_gammas(folder / "potential.yaml", asi, pool)
+    defaults = ConvergenceConfig()
+    return select_structures.select(gammas, budget, defaults.gamma_lower, defaults.gamma_upper)["selected"]
+
+
+def run_arm(arm: str, seed: int, settings: dict[str, Any], workdir: Path) -> list[dict[str, Any]]:
+    """All rounds of one arm: per round the labelled-set size and the held-out force RMSE (eV/Å)."""
+    from aiida_autopipec.config import SystemConfig
+    from aiida_autopipec.learning.config_gen import PacemakerConfigGenerator
+    from aiida_autopipec.learning.pacemaker import PacemakerRunner
+    from aiida_autopipec.learning.reference_data import emt_dataset, label_with_emt
+
+    config = SystemConfig(
+        elements=["Al", "Cu"],
+        cutoff=4.5,
+        maxiter=settings["maxiter"],
+        number_of_functions_per_element=8,
+        display_step=settings["maxiter"],
+        device="cpu",
+    )
+    training = emt_dataset(settings["initial"], seed=seed * 100 + 50, rattle=0.1)
+    test = mixed_structures(settings["test"], seed * 100 + 60, labelled=True)
+    pool = mixed_structures(settings["pool"], seed * 100 + 70, labelled=False)
+    rng = np.random.default_rng(seed)
+    curve, previous = [], None
+    for round_number in range(1, settings["rounds"] + 1):
+        runner = PacemakerRunner(PacemakerConfigGenerator(config), workdir / f"{arm}-{seed}-{round_number}")
+        warm = {}
+        if previous is not None:
+            warm = {
+                "initial_potential": previous.work_dir / "output_potential.yaml",
+                "initial_reference_energies": previous.reference_energies,
+                "initial_zbl_params": previous.evaluation_settings["pair_cutoffs"],
+            }
+        runner.train(training, test, **warm)
+        rmse = runner.metrics().test.rmse_forces
+        curve.append({"round": round_number, "labelled": len(training), "test_rmse_forces": round(rmse, 5)})
+        if round_number == settings["rounds"] or not pool:
+            break
+        if arm == "gamma":
+            chosen = gamma_choice(
+                runner.work_dir / "select", runner.work_dir / "output_potential.yaml", training, pool, settings["new"]
+            )
+        else:
+            chosen = rng.choice(len(pool), size=min(settings["new"], len(pool)), replace=False).tolist()
+        curve[-1]["selected"] = len(chosen)
+        if not chosen:  # the workchain stops here too (candidates exhausted)
+            break
+        training = training + label_with_emt([pool[i] for i in chosen])
+        pool = [atoms for i, atoms in enumerate(pool) if i not in set(chosen)]
+        previous = runner
+    return curve
+
+
+def labels_to_reach(curve: list[dict[str, Any]], target: float) -> int | None:
+    """Labelled structures at the first round with test force RMSE <= target (None: never reached)."""
+    return next((entry["labelled"] for entry in curve if entry["test_rmse_forces"] <= target), None)
+
+
+def run(mode: str, workdir: Path) -> dict[str, Any]:
+    settings = dict(SETTINGS[mode])
+    if os.environ.get(SEEDS_VARIABLE):  # e.g. one seed per process on a machine with cores to spare
+        settings["seeds"] = [int(seed) for seed in os.environ[SEEDS_VARIABLE].split(",")]
+    load_before = load_average()
+    seeds = []
+    for seed in settings["seeds"]:
+        curves = {arm: run_arm(arm, seed, settings, workdir) for arm in ("gamma", "random")}
+        seeds.append(compare(seed, curves, settings["target"]))
+        save_partial(NAME, mode, summarise(mode, settings, seeds, load_before))  # long runs keep finished seeds
+    result = summarise(mode, settings, seeds, load_before)
+    print_rows(mode, result)
+    return result
+
+
+def compare(seed: int, curves: dict[str, list], target: float) -> dict[str, Any]:
+    """Labels each arm needed, their ratio (or its bound), and the RMSE ratio at equal labels."""
+    needed = {arm: labels_to_reach(curve, target) for arm, curve in curves.items()}
+    entry: dict[str, Any] = {"seed": seed, "curves": curves, "labels_needed": needed}
+    if needed["gamma"] is not None and needed["random"] is not None:
+        entry["ratio"] = round(needed["gamma"] / needed["random"], 4)
+    elif needed["gamma"] is not None:  # random never got there: its final size is a lower bound
+        entry["ratio_upper_bound"] = round(needed["gamma"] / curves["random"][-1]["labelled"], 4)
+    # Independent of the target: accuracy at equal labels (final round of each arm).
+    final_gamma, final_random = curves["gamma"][-1], curves["random"][-1]
+    entry["final_rmse_ratio"] = round(final_gamma["test_rmse_forces"] / final_random["test_rmse_forces"], 4)
+    return entry
+
+
+def summarise(mode: str, settings: dict[str, Any], seeds: list[dict[str, Any]], load_before) -> dict[str, Any]:
+    ratios = [entry["ratio"] for entry in seeds if "ratio" in entry]
+    return {
+        "benchmark": NAME,
+        "mode": mode,
+        "description": "labels needed to reach the test force RMSE target: gamma selection / random selection",
+        "target_rmse_forces": settings["target"],
+        "ratio": statistics.median(ratios) if ratios else math.nan,
+        "ratio_seeds_reached": len(ratios),
+        "final_rmse_ratio_median": statistics.median([entry["final_rmse_ratio"] for entry in seeds]),
+        "target": 0.6,
+        "seeds": seeds,
+        "settings": settings,
+        "rattles": list(RATTLES),
+        "load_average": {"before": load_before, "after": load_average()},
+    }
+
+
+def print_rows(mode: str, result: dict[str, Any]) -> None:
+    target, seeds = result["target_rmse_forces"], result["seeds"]
+    rows = []
+    for entry in seeds:
+        for arm, curve in entry["curves"].items():
+            points = ", ".join(f"{point['labelled']}:{point['test_rmse_forces']:.3f}" for point in curve)
+            rows.append((f"seed {entry['seed']} {arm} (labels:RMSE eV/Å)", points))
+        shown = entry.get("ratio", f"<= {entry['ratio_upper_bound']}" if "ratio_upper_bound" in entry else "n/a")
+        rows.append((f"seed {entry['seed']} labels needed γ / random", f"{entry['labels_needed']} -> {shown}"))
+        rows.append((f"seed {entry['seed']} final RMSE γ / random", f"{entry['final_rmse_ratio']:.3f}"))
+    rows += [
+        (f"median ratio (target {target} eV/Å)", f"{result['ratio']} over {result['ratio_seeds_reached']} seed(s)"),
+        ("median final RMSE ratio γ / random", f"{result['final_rmse_ratio_median']:.3f}"),
+        ("load average before / after", f"{result['load_average']['before']} / {result['load_average']['after']}"),
+    ]
+    print_table(f"4. Label efficiency ({mode})", rows)
+
+
+def merge(paths: list[Path], output: Path) -> dict[str, Any]:
+    """Join the seeds of several results (same mode and settings) into one result, summarised again."""
+    results = [json.loads(Path(path).read_text()) for path in paths]
+    first = results[0]
+    if any(r["mode"] != first["mode"] or r["target_rmse_forces"] != first["target_rmse_forces"] for r in results):
+        raise ValueError("results of different modes or targets cannot be joined")
+    seeds = sorted((seed for result in results for seed in result["seeds"]), key=lambda entry: entry["seed"])
+    settings = {**first["settings"], "seeds": [entry["seed"] for entry in seeds]}
+    merged = summarise(first["mode"], settings, seeds, first["load_average"]["before"])
+    merged["load_average"] = {"runs": [result["load_average"] for result in results]}
+    merged.update({key: first[key] for key in ("machine", "versions", "date") if key in first})
+    merged["benchmark_seconds"] = max(result.get("benchmark_seconds", 0) for result in results)
+    merged["joined_from"] = len(results)
+    output.write_text(json.dumps(merged, indent=2) + "\n")
+    print_rows(merged["mode"], merged)
+    return merged
+
+
+if __name__ == "__main__" and len(sys.argv) > 3 and sys.argv[1] == "merge":
+    merge([Path(path) for path in sys.argv[3:]], Path(sys.argv[2]))

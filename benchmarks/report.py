@@ -1,0 +1,145 @@
+"""Print the committed results (``benchmarks/results/*.json``) as the Markdown tables of ``docs/benchmarks.md``.
+
+``python benchmarks/report.py [folder]``: one table per benchmark, the numbers exactly as the JSON holds them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def table(rows: list[tuple[str, object]]) -> str:
+    lines = ["| measured | value |", "|---|---|"]
+    lines += [f"| {label} | {value} |" for label, value in rows]
+    return "\n".join(lines)
+
+
+def orchestration(result: dict) -> list[tuple[str, object]]:
+    bare = result["bare_pacemaker_s"]
+    rows = [
+        ("dataset", f"{result['dataset']['structures']} structures × {result['dataset']['atoms_per_structure']} atoms"),
+        ("bare `pacemaker input.yaml` (median / min)", f"{bare['median']:.2f} s / {bare['min']:.2f} s"),
+    ]
+    for label, variant in result["variants"].items():
+        rows += [
+            (
+                f"**{label}**: through AiiDA (median / min)",
+                f"{variant['aiida_s']['median']:.2f} s / {variant['aiida_s']['min']:.2f} s",
+            ),
+            (f"{label}: ratio (median / min)", f"**{variant['ratio_median']:.3f}** / {variant['ratio_min']:.3f}"),
+            (f"{label}: overhead (median)", f"{variant['overhead_s']['median']:.2f} s"),
+            (
+                f"{label}: ratio without our compute-side .yace + evaluation",
+                f"{variant['ratio_without_post_fit_steps']:.3f}",
+            ),
+        ]
+        rows += [(f"{label}: stage {name}", f"{value:.3f} s") for name, value in variant["stages_s"].items()]
+        rows += [(f"{label}: job {name}", f"{value:.3f} s") for name, value in variant["job_phases_s"].items()]
+        rows.append((f"{label}: rest (process, validation, storing)", f"{variant['other_s']:.3f} s"))
+    return rows
+
+
+def ingestion(result: dict) -> list[tuple[str, object]]:
+    memory = result["peak_memory_mib"]
+    return [
+        (
+            "structures × atoms",
+            f"{result['structures']} × {result['atoms_per_structure']} ({result['database_mib']} MiB db)",
+        ),
+        (
+            "floor: read with ase.db (median / min)",
+            f"{result['floor_s']['median']:.2f} s / {result['floor_s']['min']:.2f} s",
+        ),
+        (
+            "ours: db → stored TrainingSetData → Pacemaker file",
+            f"{result['ours_s']['median']:.2f} s / {result['ours_s']['min']:.2f} s",
+        ),
+        *((f"  {name}", f"{value:.2f} s") for name, value in result["ours_phases_s"].items()),
+        ("ratio (median / min)", f"**{result['ratio']:.2f}** / {result['ratio_min']:.2f} (target ≤ 1.5)"),
+        (
+            "peak memory floor / ours",
+            f"{memory['floor']:.0f} MiB / {memory['ours']:.0f} MiB (ratio {result['memory_ratio']:.2f})",
+        ),
+        (
+            "memory after imports floor / ours",
+            f"{memory['floor_after_imports']:.0f} MiB / {memory['ours_after_imports']:.0f} MiB",
+        ),
+    ]
+
+
+def storage(result: dict) -> list[tuple[str, object]]:
+    final = result["final_training_set"]
+    rows = [
+        (
+            "iterations / final training set",
+            f"{result['iterations_done']} / {final['structures']} structures, {final['bytes'] / 1024:.1f} KiB",
+        ),
+        ("repository added", f"{result['added_bytes']['repository'] / 1024:.1f} KiB"),
+        ("database added", f"{result['added_bytes']['database'] / 1024:.1f} KiB"),
+        ("ratio repository / final set", f"**{result['ratio']:.2f}** (target ≤ 1.2)"),
+        ("ratio repository + database / final set", f"{result['ratio_with_database']:.2f}"),
+        ("ratio training-set shards / final set", f"**{result['ratio_training_data']:.2f}**"),
+    ]
+    for name, entry in sorted(result["unique_bytes_by_node_type"].items(), key=lambda item: -item[1]["bytes"]):
+        rows.append((f"  {name} ({entry['nodes']} nodes)", f"{entry['bytes'] / 1024:.1f} KiB"))
+    return rows
+
+
+def label_efficiency(result: dict) -> list[tuple[str, object]]:
+    rows = [("target test force RMSE", f"{result['target_rmse_forces']} eV/Å")]
+    for seed in result["seeds"]:
+        for arm, curve in seed["curves"].items():
+            points = ", ".join(f"{p['labelled']}: {p['test_rmse_forces']:.3f}" for p in curve)
+            rows.append((f"seed {seed['seed']} {arm} (labels: RMSE eV/Å)", points))
+        shown = seed.get(
+            "ratio", f"≤ {seed['ratio_upper_bound']}" if "ratio_upper_bound" in seed else "target not reached"
+        )
+        rows.append(
+            (
+                f"seed {seed['seed']} labels needed γ / random",
+                f"{seed['labels_needed']['gamma']} / {seed['labels_needed']['random']} → {shown}",
+            )
+        )
+        rows.append((f"seed {seed['seed']} final RMSE γ / random (equal labels)", f"{seed['final_rmse_ratio']:.3f}"))
+    rows.append(
+        (
+            "median ratio of labels needed",
+            f"**{result['ratio']}** over {result['ratio_seeds_reached']} seed(s) (target ≤ 0.6)",
+        )
+    )
+    rows.append(("median final RMSE ratio γ / random", f"{result['final_rmse_ratio_median']:.3f}"))
+    return rows
+
+
+def gpu(result: dict) -> list[tuple[str, object]]:
+    rows = [("GPUs visible to TensorFlow", ", ".join(result["gpus"]) or "none: CPU only")]
+    for device, value in result["throughput_structures_per_s"].items():
+        rows.append((f"{device}: structures/s per epoch (median)", f"{value['median']:.1f}"))
+        rows.append((f"{device}: fit wall time (median)", f"{result['fit_wall_s'][device]['median']:.1f} s"))
+    rows.append(("GPU / CPU throughput", f"{result['ratio']:.2f}" if result["ratio"] else "n/a (no GPU)"))
+    return rows
+
+
+def main(folder: Path = RESULTS) -> None:
+    for name in ("orchestration", "ingestion", "storage", "label_efficiency", "gpu"):
+        path = folder / f"{name}.json"
+        if not path.is_file():  # a folder of quick results
+            path = folder / f"{name}.quick.json"
+        if not path.is_file():
+            print(f"### {name}\n\n(no results in {path})\n")
+            continue
+        result = json.loads(path.read_text())
+        load = result["load_average"]
+        print(
+            f"### {name}\n\n{result['description']}. {result['date']}, load average before/after "
+            f"{load['before']} / {load['after']}, {result['benchmark_seconds']} s.\n"
+        )
+        print(table(globals()[name](result)) + "\n")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS)

@@ -1,0 +1,99 @@
+"""The benchmarks' quick mode runs end to end, so the scripts cannot rot; their JSON has sane fields.
+
+No timing is asserted (machines are shared and noisy): only that every ratio was measured, is positive and finite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.benchmark, pytest.mark.pacemaker]
+
+RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+NAMES = ("orchestration", "ingestion", "storage", "label_efficiency", "gpu")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """All five benchmarks in quick mode, in their own throw-away AiiDA profile; name -> JSON result.
+
+    With ``AUTOPIPEC_BENCHMARK_RESULTS`` pointing to a folder of quick results, those are checked instead.
+    """
+    existing = os.environ.get("AUTOPIPEC_BENCHMARK_RESULTS")
+    if existing:
+        return {name: json.loads((Path(existing) / f"{name}.quick.json").read_text()) for name in NAMES}
+    output = tmp_path_factory.mktemp("benchmarks")
+    completed = subprocess.run(
+        [sys.executable, str(RUN), "--quick", "--output", str(output)], capture_output=True, text=True, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-5000:]
+    for name in NAMES:  # each printed its table
+        assert f"{name}.quick.json" in completed.stdout
+    return {name: json.loads((output / f"{name}.quick.json").read_text()) for name in NAMES}
+
+
+def positive_finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_result_records_machine_versions_and_load(results, name):
+    result = results[name]
+    assert result["benchmark"] == name and result["mode"] == "quick"
+    assert result["machine"]["cpu_count"] >= 1
+    assert result["versions"]["aiida-core"] and result["versions"]["python-ace"]
+    assert len(result["load_average"]["before"]) == 3 and len(result["load_average"]["after"]) == 3
+
+
+def test_orchestration_ratio_and_where_the_time_goes(results):
+    result = results["orchestration"]
+    assert positive_finite(result["ratio"])
+    assert positive_finite(result["bare_pacemaker_s"]["median"])
+    variant = result["variants"]["poll interval 0"]
+    assert positive_finite(variant["ratio_median"]) and positive_finite(variant["ratio_without_post_fit_steps"])
+    assert set(variant["stages_s"]) >= {"upload", "submit", "update", "retrieve", "parse (ours: parser)"}
+    assert set(variant["job_phases_s"]) == {"pacemaker", "yaml2yace (ours)", "evaluation (ours)", "poll wait (AiiDA)"}
+    assert positive_finite(variant["job_phases_s"]["pacemaker"])
+    assert result["profile_ours"], "the profile names our functions"
+
+
+def test_ingestion_ratio_and_memory(results):
+    result = results["ingestion"]
+    assert result["structures"] == 300 and result["atoms_per_structure"] == 64
+    assert positive_finite(result["ratio"]) and positive_finite(result["memory_ratio"])
+    assert positive_finite(result["peak_memory_mib"]["ours"]) and positive_finite(result["peak_memory_mib"]["floor"])
+
+
+def test_storage_ratio(results):
+    result = results["storage"]
+    assert result["iterations_done"] == 2
+    assert positive_finite(result["ratio"]) and positive_finite(result["ratio_training_data"])
+    assert result["final_training_set"]["structures"] > result["settings"]["initial"]
+    assert result["unique_bytes_by_node_type"]["TrainingSetData"]["bytes"] > 0
+
+
+def test_label_efficiency_curves(results):
+    result = results["label_efficiency"]
+    (seed,) = result["seeds"]
+    for arm in ("gamma", "random"):
+        curve = seed["curves"][arm]
+        assert curve and all(positive_finite(point["test_rmse_forces"]) for point in curve)
+        assert curve[0]["labelled"] == result["settings"]["initial"]
+    assert positive_finite(result["final_rmse_ratio_median"])
+    assert "ratio" in seed or "ratio_upper_bound" in seed or None in seed["labels_needed"].values()
+
+
+def test_gpu_reports_cpu_and_says_whether_a_gpu_was_used(results):
+    result = results["gpu"]
+    assert positive_finite(result["throughput_structures_per_s"]["cpu"]["median"])
+    if result["gpu_available"]:
+        assert positive_finite(result["ratio"])
+    else:
+        assert result["ratio"] is None and "no GPU" in result["note"]
