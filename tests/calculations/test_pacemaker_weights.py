@@ -31,7 +31,8 @@ def test_weights_and_subsets_are_written(generate_calc_job, inputs, emt_structur
     folder, _ = generate_calc_job("autopipec.pacemaker", inputs)
     frame = pd.read_pickle(folder / files.TRAINING_DATA, compression="gzip")
     assert frame["w_energy"].tolist() == weights
-    assert [w.tolist() for w in frame["w_forces"]] == [[w] * len(a) for w, a in zip(weights, emt_structures)]
+    expected = [[weight] * len(atoms) for weight, atoms in zip(weights, emt_structures, strict=True)]
+    assert [atom_weights.tolist() for atom_weights in frame["w_forces"]] == expected
     evaluation = json.loads((folder / files.EVALUATION_INPUT).read_text())
     assert evaluation["subsets"] == {"original": {"dataset": files.TRAINING_DATA, "indices": [0, 1, 2, 3]}}
 
