@@ -62,9 +62,11 @@ class Payload:
         return os.system, (f"touch {shlex.quote(str(self.marker))}",)
 
 
-def hostile(directory: Path) -> str:
-    """One string with every usual way to break out of a shell word; each creates its own marker if it runs."""
-    m = [directory / f"pwned_{i}" for i in range(8)]
+def hostile(directory: Path | None) -> str:
+    """One string with every usual way to break out of a shell word; each creates its own marker if it runs
+    (in ``directory``, or with ``None`` in the current directory: short enough for a label, which PostgreSQL
+    limits to 255 characters)."""
+    m = [f"pwned_{i}" if directory is None else directory / f"pwned_{i}" for i in range(8)]
     return (
         f"$(touch {m[0]}) `touch {m[1]}`; touch {m[2]} && touch {m[3]} | touch {m[4]}\n"
         f"touch {m[5]}\n' ; touch {m[6]} ; '\" ; touch {m[7]} ; \" \\"
@@ -244,7 +246,7 @@ def test_hostile_strings_in_a_real_labelling_job(tmp_path, python_code, emt_stru
         code=python_code.store(),
         structures=structures,
         calculator=orm.Dict({"import_path": "ase.calculators.emt.EMT", "kwargs": {"label": payload}}),
-        metadata={"label": payload, "description": payload},
+        metadata={"label": hostile(None), "description": payload},
     )
     assert node.is_finished_ok, node.exit_message
     assert results["labelled"].num_structures == 2
@@ -264,7 +266,7 @@ def test_hostile_strings_in_a_real_fit(tmp_path, pacemaker_code, emt_structures)
         training_set=TrainingSetData.from_ase(emt_structures),
         parameters=orm.Dict(FAST_PARAMETERS),
         settings=orm.Dict({"pacemaker": {"metadata": {"note": payload}}}),
-        metadata={"label": payload, "description": payload},
+        metadata={"label": hostile(None), "description": payload},
     )
     assert node.is_finished_ok, node.exit_message
     assert markers(tmp_path) == [] and markers(Path(node.get_remote_workdir())) == []
