@@ -6,16 +6,21 @@ runs the process (no second connection, no threads) and stops when the process t
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
+from aiida.common.log import LOG_LEVEL_REPORT
 
 from aiida_autopipec.learning import files
 
 #: Pacemaker's per-iteration log line, e.g. ``... I - Iteration   #6 (9 evals): Loss: 4.19e-03 | RMSE ...``.
 ITERATION_LINE = re.compile(r"(Iteration\s+#\d+.*?Loss:.*?)(?:\|\s*Time/eval.*)?$")
+#: The ``[pk|ProcessLabel|step]: `` prefix of stored reports (the monitor names the process itself).
+REPORT_PREFIX = re.compile(r"^\[\d+\|[^\]]*\]:\s*")
 
 
 class ProgressMonitor:
@@ -43,6 +48,9 @@ class ProgressMonitor:
 
         for node in self._tree():
             state = node.process_state.value if node.process_state else "created"
+            job_state = node.get_state() if isinstance(node, orm.CalcJobNode) and not node.is_terminated else None
+            if job_state is not None:  # e.g. "waiting (withscheduler)": where a calculation's job is
+                state += f" ({job_state.value})"
             if self.states.get(node.pk) != state:
                 self.states[node.pk] = state
                 suffix = f" [{node.exit_status}]" if node.is_terminated and node.exit_status else ""
@@ -50,7 +58,7 @@ class ProgressMonitor:
             for log in orm.Log.collection.get_logs_for(node):
                 if log.pk not in self.log_ids:
                     self.log_ids.add(log.pk)
-                    self.echo(f"  {node.process_label}<{node.pk}>: {log.message}")
+                    self.echo(f"  {node.process_label}<{node.pk}>: {REPORT_PREFIX.sub('', log.message)}")
             if isinstance(node, orm.CalcJobNode) and node.pk not in self.finished:
                 self._follow_pacemaker_log(node)
                 if node.is_terminated:  # its last iteration line is printed once, then it is left alone
@@ -72,6 +80,27 @@ class ProgressMonitor:
             self.echo(f"  pacemaker: {lines[-1]}")
 
 
+class _ProcessReports(logging.Filter):
+    """Drops the REPORT records of process nodes (the monitor prints them, once, with the process they belong to)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("aiida.orm.nodes.process") and record.levelno == LOG_LEVEL_REPORT)
+
+
+@contextmanager
+def _reports_printed_once() -> Iterator[None]:
+    """Keep AiiDA's console handler from printing process reports a second time while the monitor runs."""
+    consoles = [handler for handler in logging.getLogger("aiida").handlers if type(handler) is logging.StreamHandler]
+    report_filter = _ProcessReports()
+    for handler in consoles:
+        handler.addFilter(report_filter)
+    try:
+        yield
+    finally:
+        for handler in consoles:
+            handler.removeFilter(report_filter)
+
+
 def run_with_progress(builder, interval: float = 2.0, echo: Callable[[str], None] = click.echo):
     """Run ``builder`` in the foreground, printing progress every ``interval`` seconds; returns the process node."""
     from aiida.engine.utils import instantiate_process
@@ -90,7 +119,8 @@ def run_with_progress(builder, interval: float = 2.0, echo: Callable[[str], None
 
     handle = runner.loop.call_later(0.0, tick)
     try:
-        _, node = runner.run_get_node(process)
+        with _reports_printed_once():
+            _, node = runner.run_get_node(process)
     finally:
         handle.cancel()
     monitor.poll()
