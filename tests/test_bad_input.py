@@ -955,6 +955,14 @@ CASES: list[Case] = [
         lambda ctx: run_pacemaker(ctx, {"elements": ["Al", "Cu", "Ni"]}, initial_potential=recorded_potential()),
     ),
     Case(
+        "fit-label-too-long",
+        "process",
+        "a 300-character `metadata.label`",
+        ("metadata.label: 300 characters, at most 255",),
+        "label port validator (calculations/common.py)",
+        lambda ctx: run_pacemaker(ctx, metadata={"label": "x" * 300}),
+    ),
+    Case(
         "fit-wrong-node-type",
         "process",
         "a `StructureData` as training_set",
@@ -980,6 +988,14 @@ CASES: list[Case] = [
         lambda ctx: run_base(ctx, FIT, max_iterations=_int(0)),
     ),
     # -- ActiveLearningWorkChain ----------------------------------------------------------------------------
+    Case(
+        "loop-label-too-long",
+        "process",
+        "a 300-character `metadata.label`",
+        ("metadata.label: 300 characters, at most 255",),
+        "label port validator (calculations/common.py)",
+        lambda ctx: run_loop(ctx, metadata={"label": "x" * 300}),
+    ),
     Case(
         "loop-max-iterations-zero",
         "process",

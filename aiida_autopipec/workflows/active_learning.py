@@ -14,6 +14,7 @@ from aiida.plugins import CalculationFactory
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from aiida_autopipec.calculations.ase_label import check_importable_here, validate_calculator
+from aiida_autopipec.calculations.common import limit_label_length
 from aiida_autopipec.calculations.pacemaker import validate_inputs as validate_fit_inputs
 from aiida_autopipec.data import PotentialData, TrainingSetData
 from aiida_autopipec.workflows.base import PacemakerBaseWorkChain
@@ -129,6 +130,7 @@ class ActiveLearningWorkChain(WorkChain):
     @classmethod
     def define(cls, spec):
         super().define(spec)
+        limit_label_length(spec)
         spec.input("training_set", valid_type=TrainingSetData, help="Initial labelled structures.")
         spec.input(
             "test_set",

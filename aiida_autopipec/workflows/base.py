@@ -22,6 +22,7 @@ from aiida import orm
 from aiida.common import AttributeDict
 from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
 
+from aiida_autopipec.calculations.common import limit_label_length
 from aiida_autopipec.calculations.pacemaker import PacemakerCalculation
 from aiida_autopipec.config import TrainingConfig
 
@@ -84,6 +85,7 @@ class PacemakerBaseWorkChain(BaseRestartWorkChain):
     @classmethod
     def define(cls, spec):
         super().define(spec)
+        limit_label_length(spec)
         spec.expose_inputs(PacemakerCalculation, namespace="pacemaker")
         spec.inputs["max_iterations"].default = lambda: orm.Int(3)
         spec.inputs["max_iterations"].validator = _validate_max_iterations
