@@ -36,8 +36,8 @@ def import_structures(path: Path, file_format: str = "auto", select: str | None 
     if file_format == "pickle":
         if not trust_pickle:
             raise click.UsageError(
-                f"{path} is a pickle: loading it can execute arbitrary code. Pass --trust-pickle if you trust the "
-                "file (or convert it to extxyz)."
+                f"{path} is a pickle: loading it can execute arbitrary code. If you trust the file, import it with "
+                "`autopipec data import FILE --trust-pickle` (or convert it to extxyz)."
             )
         return read_pacemaker_pickle(path)
     if file_format == "db":
