@@ -32,13 +32,13 @@ SETTINGS = {
         "warmup": False,
         "parameters": {"cutoff": 4.5, "maxiter": 5, "number_of_functions_per_element": 8, "display_step": 5},
     },
-    "full": {  # about a minute of pacemaker on 2 idle cores
+    "full": {  # 40-60 s of pacemaker on 2 idle cores
         "structures": 150,
         "repeat": (2, 2, 2),
         "repeats": 2,
         "variants": ("presto localhost (poll 1 s)", "poll interval 0"),
-        "warmup": True,
-        "parameters": {"cutoff": 5.0, "maxiter": 100, "number_of_functions_per_element": 16, "display_step": 50},
+        "warmup": False,
+        "parameters": {"cutoff": 5.0, "maxiter": 60, "number_of_functions_per_element": 16, "display_step": 30},
     },
 }
 #: Stages of a CalcJob timed by wrapping AiiDA's tasks (``update`` includes the job running and the poll waits).
