@@ -204,7 +204,8 @@ def merge(paths: list[Path], output: Path) -> dict[str, Any]:
     seeds = sorted((seed for result in results for seed in result["seeds"]), key=lambda entry: entry["seed"])
     settings = {**first["settings"], "seeds": [entry["seed"] for entry in seeds]}
     merged = summarise(first["mode"], settings, seeds, first["load_average"]["before"])
-    merged["load_average"] = {"runs": [result["load_average"] for result in results]}
+    loads = [result["load_average"] for result in results]
+    merged["load_average"] = {"before": loads[0]["before"], "after": loads[-1]["after"], "runs": loads}
     merged.update({key: first[key] for key in ("machine", "versions", "date") if key in first})
     merged["benchmark_seconds"] = max(result.get("benchmark_seconds", 0) for result in results)
     merged["joined_from"] = len(results)
