@@ -53,6 +53,7 @@ def shortest_pair_distances(structures: Sequence[Any], elements: Sequence[str]) 
 
     Pairs that never come closer than 1.5 times their covalent-radius sum are left out.
     """
+    from ase.data import chemical_symbols
     from ase.neighborlist import neighbor_list
 
     search = {pair_key(a, b): 1.5 * covalent_sum(a, b) for a in elements for b in elements}
@@ -61,13 +62,55 @@ def shortest_pair_distances(structures: Sequence[Any], elements: Sequence[str]) 
     for atoms in structures:
         if len(atoms) < 2 and not atoms.pbc.any():
             continue
-        first, second, distance = neighbor_list("ijd", atoms, cutoff)
-        symbols = np.asarray(atoms.get_chemical_symbols())
-        for a, b, d in zip(symbols[first], symbols[second], distance, strict=True):
-            key = pair_key(a, b)
+        pairs = _minimum_image_pairs(atoms, cutoff)
+        if pairs is None:
+            first, second, distance = neighbor_list("ijd", atoms, cutoff)
+        else:
+            first, second, distance = pairs
+        numbers = atoms.numbers
+        low = np.minimum(numbers[first], numbers[second])
+        high = np.maximum(numbers[first], numbers[second])
+        codes = low * 1000 + high
+        for code in np.unique(codes):
+            key = pair_key(chemical_symbols[code // 1000], chemical_symbols[code % 1000])
+            d = float(distance[codes == code].min())
             if d < search.get(key, 0.0) and d < shortest.get(key, np.inf):
-                shortest[key] = float(d)
+                shortest[key] = d
     return shortest
+
+
+#: Up to this many atoms, distances come from all pairs at once instead of ASE's (slower per structure) neighbour list.
+ALL_PAIRS_MAX_ATOMS = 80
+
+
+def _minimum_image_pairs(atoms: Any, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Atom pairs (i <= j) and their distances (Å) to every periodic image within reach of ``cutoff``.
+
+    Differences are wrapped to fractional offsets in [-1/2, 1/2), then shifted by up to ``ceil(cutoff / height)``
+    cells along each periodic axis, which reaches every image closer than ``cutoff`` (self images: i == j, shift
+    not zero). None for large structures: the caller then uses ASE's neighbour list.
+    """
+    from ase.geometry import complete_cell
+
+    if len(atoms) > ALL_PAIRS_MAX_ATOMS:
+        return None
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    cell = complete_cell(atoms.cell.array)
+    reciprocal = np.linalg.inv(cell)
+    heights = 1.0 / np.linalg.norm(reciprocal, axis=0)
+    reach = np.where(pbc, np.ceil(cutoff / heights), 0).astype(int)
+    if np.prod(2 * reach + 1) > 125:  # a thin cell, many images: leave it to the neighbour list
+        return None
+    first, second = np.triu_indices(len(atoms), k=0)
+    fractional = (atoms.positions[second] - atoms.positions[first]) @ reciprocal
+    fractional[:, pbc] -= np.round(fractional[:, pbc])
+    shifts = np.stack(np.meshgrid(*[np.arange(-n, n + 1) for n in reach], indexing="ij"), -1).reshape(-1, 3)
+    vectors = (fractional[:, None, :] + shifts[None, :, :]) @ cell  # (pairs, shifts, 3)
+    distance = np.linalg.norm(vectors, axis=2)
+    distance[first == second] = np.where(np.any(shifts != 0, axis=1), distance[first == second], np.inf)
+    within = distance < cutoff
+    pair_index, _ = np.nonzero(within)
+    return first[pair_index], second[pair_index], distance[within]
 
 
 def zbl_pair_cutoffs(elements: Sequence[str], shortest: Mapping[str, float]) -> dict[str, tuple[float, float]]:

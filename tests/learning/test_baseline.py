@@ -28,6 +28,28 @@ def test_shortest_pair_distances_include_periodic_images():
     assert shortest_pair_distances([dimer], ["Al", "Cu"]) == {"Al-Cu": pytest.approx(2.1)}
 
 
+def test_all_pairs_distances_agree_with_the_neighbour_list(monkeypatch):
+    """The all-pairs path (small structures, images within reach) gives what ASE's neighbour list gives."""
+    from aiida_autopipec.learning import baseline
+    from aiida_autopipec.learning.reference_data import emt_dataset
+
+    rng = np.random.default_rng(5)
+    structures = [*emt_dataset(6, seed=4, rattle=0.2, labelled=False), bulk("Cu", "fcc", a=3.6)]
+    for _ in range(40):  # skewed cells, some axes not periodic, some too thin for one image
+        count = int(rng.integers(1, 12))
+        cell = np.eye(3) * rng.uniform(2.0, 9.0) + rng.normal(size=(3, 3)) * 0.6
+        atoms = Atoms(numbers=rng.choice([13, 29], count), cell=cell, pbc=rng.random(3) < 0.7)
+        atoms.positions = rng.random((count, 3)) @ cell
+        if abs(np.linalg.det(cell)) > 1.0:
+            structures.append(atoms)
+    for atoms in structures:
+        fast = shortest_pair_distances([atoms], ["Al", "Cu"])
+        monkeypatch.setattr(baseline, "ALL_PAIRS_MAX_ATOMS", 0)
+        reference = shortest_pair_distances([atoms], ["Al", "Cu"])
+        monkeypatch.setattr(baseline, "ALL_PAIRS_MAX_ATOMS", 80)
+        assert fast == pytest.approx(reference, abs=1e-9)
+
+
 def test_cutoff_rule_by_hand():
     radius_sum = covalent_radii[atomic_numbers["Al"]] + covalent_radii[atomic_numbers["Cu"]]
     cutoffs = zbl_pair_cutoffs(["Al", "Cu"], {"Al-Cu": 2.3, "Cu-Cu": 1.7})
