@@ -130,12 +130,12 @@ def main(folder: Path = RESULTS) -> None:
         if not path.is_file():  # a folder of quick results
             path = folder / f"{name}.quick.json"
         if not path.is_file():
-            print(f"### {name}\n\n(no results in {path})\n")
+            print(f"#### {name}\n\n(no results in {path})\n")
             continue
         result = json.loads(path.read_text())
         load = result["load_average"]
         print(
-            f"### {name}\n\n{result['description']}. {result['date']}, load average before/after "
+            f"#### {name}\n\n{result['description']}. {result['date']}, load average before/after "
             f"{load['before']} / {load['after']}, {result['benchmark_seconds']} s.\n"
         )
         print(table(globals()[name](result)) + "\n")
