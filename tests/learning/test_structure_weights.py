@@ -96,9 +96,7 @@ def test_weights_reach_pacemaker_and_favour_their_structures(tmp_path, structure
     results = {}
     for name, structure_weights in (("uniform", None), ("weighted", weights)):
         runner = PacemakerRunner(PacemakerConfigGenerator(CONFIG), tmp_path / name)
-        runner.train(
-            structures, test_structures, structure_weights=structure_weights, evaluation_subsets=subsets
-        )
+        runner.train(structures, test_structures, structure_weights=structure_weights, evaluation_subsets=subsets)
         log = (tmp_path / name / files.LOG).read_text()
         results[name] = json.loads((tmp_path / name / files.EVALUATION_OUTPUT).read_text())
         results[name]["log"] = log
