@@ -9,7 +9,6 @@ the same rows (``python tests/test_bad_input.py`` rewrites it; ``test_docs_table
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import sys
 import warnings
@@ -1323,8 +1322,6 @@ def _node_count() -> int:
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_bad_input_is_refused_before_anything_is_stored(case: Case, ctx):
-    if case.layer == "CLI" and importlib.util.find_spec("aiida_autopipec.cli.data") is None:
-        pytest.skip("`autopipec data` is not installed in this checkout")
     before = _node_count()
     if case.warning:
         with pytest.warns(UnitsWarning) as record:
