@@ -95,6 +95,18 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+def lammps_binary() -> str:
+    """The LAMMPS executable (the independent reference for ZBL); skipped without it, an error in CI."""
+    import shutil
+
+    for name in ("lmp", "lmp_serial", "lmp_mpi"):
+        path = shutil.which(name)
+        if path:
+            return path
+    skip_or_fail("no LAMMPS binary (lmp, lmp_serial or lmp_mpi) on PATH; apt-get install lammps to run this check")
+    raise AssertionError("unreachable")
+
+
 def _override_needed() -> bool:
     try:
         storage, broker = requested_storage_backend(), requested_broker_backend()

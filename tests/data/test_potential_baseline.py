@@ -7,7 +7,6 @@ of the exported ``lammps.in`` in the real ``lmp`` binary (which has no ``pair_st
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from aiida_autopipec.learning.pacemaker import PacemakerRunner
 from aiida_autopipec.learning.reference_data import emt_dataset
 from aiida_autopipec.learning.zbl import ZBLCalculator
 from tests.learning.test_zbl import LAMMPS_NKTV2P, alcu_cell
+from tests.storage_fixtures import lammps_binary
 
 pytestmark = pytest.mark.pacemaker
 
@@ -276,12 +276,6 @@ def test_write_files_with_baseline(potential, tmp_path):
 
 
 # -- the ZBL part in real LAMMPS -----------------------------------------------------------------------------
-def _lammps_binary() -> str:
-    for name in ("lmp", "lmp_serial", "lmp_mpi"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip("no LAMMPS binary (lmp, lmp_serial or lmp_mpi) on PATH; apt-get install lammps to run this check")
 
 
 def _zbl_part(lammps_in: str) -> list[str]:
@@ -326,7 +320,7 @@ def _write_data(path: Path, atoms: Atoms, types: np.ndarray, species: list[str])
 
 def _run_lammps(atoms: Atoms, types: np.ndarray, species: list[str], pair_lines: list[str], workdir: Path) -> dict:
     """Single point in LAMMPS: energy (eV), forces (eV/Å), stress (eV/Å^3, ASE sign)."""
-    binary = _lammps_binary()
+    binary = lammps_binary()
     _write_data(workdir / "data.lmp", atoms, types, species)
     values = " ".join(f"$({key}:%.17g)" for key in ("pe", "pxx", "pyy", "pzz", "pyz", "pxz", "pxy"))
     script = [

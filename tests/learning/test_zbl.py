@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from aiida_autopipec.learning.zbl import (
     zbl_switched_energy,
     zbl_switching_coefficients,
 )
+from tests.storage_fixtures import lammps_binary
 
 INNER, OUTER = 3.0, 4.0
 Z_AL, Z_CU = 13, 29
@@ -305,17 +305,9 @@ def test_isolated_atom_and_non_periodic_cell_without_volume() -> None:
 LAMMPS_NKTV2P = 1.6021765e6
 
 
-def _lammps_binary() -> str:
-    for name in ("lmp", "lmp_serial", "lmp_mpi"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip("LAMMPS binary not installed (apt-get install lammps)")
-
-
 def run_lammps(atoms: Atoms, pair_lines: list[str], workdir: Path) -> dict[str, np.ndarray | float]:
     """Single-point LAMMPS run: energy (eV), per-atom energies, forces (eV/Å), stress (eV/Å^3, ASE sign)."""
-    binary = _lammps_binary()
+    binary = lammps_binary()
     cell = atoms.cell.array
     assert np.allclose(cell[np.triu_indices(3, 1)], 0.0), "use LAMMPS' lower-triangular cell orientation"
     write(workdir / "data.lmp", atoms, format="lammps-data", specorder=["Al", "Cu"], masses=True, units="metal")

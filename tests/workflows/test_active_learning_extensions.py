@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -33,13 +32,7 @@ EMT_CALCULATOR = {"import_path": "ase.calculators.emt.EMT"}
 
 
 @pytest.fixture(scope="module")
-def extension_python_code(local_computer):
-    """This Python (it has pyace and ASE) for the selection and the EMT labelling."""
-    return orm.InstalledCode(label="python-al-ext", computer=local_computer, filepath_executable=sys.executable).store()
-
-
-@pytest.fixture(scope="module")
-def inputs(pacemaker_code, extension_python_code):
+def inputs(pacemaker_code, python_code):
     return {
         "training_set": TrainingSetData.from_ase(emt_dataset(4, seed=31, rattle=0.03)),
         "test_set": TrainingSetData.from_ase(emt_dataset(8, seed=32, rattle=0.08)),
@@ -47,10 +40,10 @@ def inputs(pacemaker_code, extension_python_code):
         "candidates": TrainingSetData.from_ase(emt_dataset(24, seed=33, rattle=0.25, labelled=False), labelled=False),
         "parameters": orm.Dict(LOOP_PARAMETERS),
         "pacemaker": {"code": pacemaker_code},
-        "selection": {"code": extension_python_code},
+        "selection": {"code": python_code},
         "labeling": {
             "workflow": orm.Str("autopipec.label.ase"),
-            "workflow_inputs": {"code": extension_python_code, "calculator": orm.Dict(EMT_CALCULATOR)},
+            "workflow_inputs": {"code": python_code, "calculator": orm.Dict(EMT_CALCULATOR)},
         },
     }
 
@@ -145,12 +138,12 @@ def test_first_fit_has_uniform_weights_and_watches_the_original_data(guarded_loo
 
 
 # -- the labelling adapter ----------------------------------------------------------------------------------------
-def test_reference_adapter_labels_with_emt(extension_python_code):
+def test_reference_adapter_labels_with_emt(python_code):
     structures = emt_dataset(3, seed=61, labelled=False)
     results, node = run_get_node(
         AseLabelWorkChain,
         structures=TrainingSetData.from_ase(structures, labelled=False),
-        code=extension_python_code,
+        code=python_code,
         calculator=orm.Dict(EMT_CALCULATOR),
     )
     assert node.is_finished_ok, node.exit_message
@@ -175,15 +168,15 @@ def test_reference_adapter_labels_with_emt(extension_python_code):
         ({}, "labeling.code: needed to label candidates"),
     ],
 )
-def test_bad_labelling_workflow_rejected_before_anything_is_stored(inputs, extension_python_code, labeling, message):
-    stand_ins = {"code": extension_python_code, "calculator": orm.Dict(EMT_CALCULATOR)}
-    stand_ins.update(structures=inputs["candidates"], cod=extension_python_code)
+def test_bad_labelling_workflow_rejected_before_anything_is_stored(inputs, python_code, labeling, message):
+    stand_ins = {"code": python_code, "calculator": orm.Dict(EMT_CALCULATOR)}
+    stand_ins.update(structures=inputs["candidates"], cod=python_code)
     namespace = {}
     if "workflow" in labeling:
         namespace["workflow"] = orm.Str(labeling["workflow"])
         namespace["workflow_inputs"] = {key: stand_ins[key] for key in labeling.get("inputs", {})}
     if labeling.get("code"):
-        namespace["code"] = extension_python_code
+        namespace["code"] = python_code
     before = _node_count()
     with pytest.raises(ValueError, match=message):
         run_get_node(ActiveLearningWorkChain, **{**inputs, "labeling": namespace})
