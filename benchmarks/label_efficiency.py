@@ -34,14 +34,14 @@ SETTINGS = {
         "maxiter": 10,
         "target": 0.15,
     },
-    "full": {
-        "seeds": [0, 1, 2],
+    "full": {  # ~1 h on 2 cores: 4 seeds x 2 arms x 6 fits of 150 warm-started iterations
+        "seeds": [0, 1, 2, 3],
         "initial": 6,
         "pool": 60,
         "test": 20,
         "new": 6,
-        "rounds": 3,
-        "maxiter": 30,
+        "rounds": 6,
+        "maxiter": 150,
         "target": 0.15,
     },
 }

@@ -27,7 +27,8 @@ __all__ = ["PacemakerCalculation", "system_config_from_inputs"]
 SETTINGS_KEYS = {
     "pacemaker": "expert overrides deep-merged into Pacemaker's input.yaml (checked against its schema)",
     "retrieve_predictions": "also retrieve Pacemaker's prediction pickles (several MB)",
-    "yaml2yace_executable": "path of pace_yaml2yace on the computer (default: next to the pacemaker executable)",
+    "yaml2yace_executable": "run this pace_yaml2yace for the .yace conversion (default: the evaluation's Python "
+    "converts with pyace, as pace_yaml2yace does)",
     "python_executable": "Python with pyace on the computer, runs the evaluation (default: next to pacemaker)",
 }
 
@@ -163,7 +164,7 @@ def _is_number(value: Any) -> bool:
 
 
 class PacemakerCalculation(CalcJob):
-    """Fit an ACE potential with Pacemaker; the ``.yace`` is made on the compute side with ``pace_yaml2yace``."""
+    """Fit an ACE potential with Pacemaker; the ``.yace`` is made on the compute side, next to pacemaker."""
 
     @classmethod
     def define(cls, spec):
@@ -325,10 +326,11 @@ class PacemakerCalculation(CalcJob):
         calcinfo.codes_info = [codeinfo]
         # Right after the code line: `$?` is pacemaker's exit code; then convert and evaluate on the compute side.
         calcinfo.append_text = post_fit_script(
-            settings.get("yaml2yace_executable") or self._next_to_pacemaker("pace_yaml2yace"),
+            settings.get("yaml2yace_executable"),  # default: the evaluation script converts (one Python fewer)
             settings.get("python_executable") or self._next_to_pacemaker("python"),
         )
         calcinfo.retrieve_list = list(files.RETRIEVE_LIST)
+        calcinfo.retrieve_temporary_list = list(files.RETRIEVE_TEMPORARY_LIST)
         if settings.get("retrieve_predictions"):
             calcinfo.retrieve_list += [files.TRAIN_PREDICTIONS, files.TEST_PREDICTIONS]
         # The pickles duplicate the stored TrainingSetData: keep them out of the provenance repository.

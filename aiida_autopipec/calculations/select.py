@@ -23,7 +23,7 @@ from aiida_autopipec.calculations.common import serial_job_defaults
 from aiida_autopipec.data import PotentialData, TrainingSetData
 from aiida_autopipec.learning import select_structures
 
-__all__ = ["DEFAULTS", "SelectionCalculation", "validate_parameters"]
+__all__ = ["DEFAULTS", "SelectionCalculation", "available_candidates", "validate_exclude", "validate_parameters"]
 
 #: Files in the working folder.
 SCRIPT = "select_structures.py"
@@ -81,10 +81,33 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
         if elements is not None and not set(training_set.elements) <= elements:
             foreign = sorted(set(training_set.elements) - elements)
             return f"training_set: element(s) {foreign} are not in the potential's elements {sorted(elements)}"
+    exclude = inputs.get("exclude")
+    if isinstance(exclude, orm.List) and isinstance(candidates, TrainingSetData):
+        problem = validate_exclude(exclude.get_list(), candidates.num_structures)
+        if problem:
+            return problem
     parameters = inputs.get("parameters")
     if parameters is not None:
         return validate_parameters(parameters.get_dict())
     return None
+
+
+def validate_exclude(exclude: list, num_candidates: int) -> str | None:
+    """Distinct indices of candidates, at least one candidate left over."""
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_candidates for i in exclude):
+        last = num_candidates - 1
+        return f"exclude: expected indices of the {num_candidates} candidates (0 to {last}), got {exclude!r:.200}"
+    if len(set(exclude)) != len(exclude):
+        return "exclude: an index appears more than once"
+    if len(exclude) == num_candidates:
+        return f"exclude: all {num_candidates} candidates are excluded; nothing is left to select from"
+    return None
+
+
+def available_candidates(num_candidates: int, exclude: list[int]) -> list[int]:
+    """Indices of the candidates that are not excluded, in order: position ``k`` sent to the script is this[k]."""
+    excluded = set(exclude)
+    return [index for index in range(num_candidates) if index not in excluded]
 
 
 class SelectionCalculation(CalcJob):
@@ -109,6 +132,13 @@ class SelectionCalculation(CalcJob):
             help="Structures to choose from; labels they may carry are ignored.",
         )
         spec.input(
+            "exclude",
+            valid_type=orm.List,
+            required=False,
+            help="Indices of `candidates` not to consider (those labelled in earlier iterations). A loop keeps one "
+            "stored pool and lists what it used, instead of storing what is left of the pool every iteration.",
+        )
+        spec.input(
             "parameters",
             valid_type=orm.Dict,
             help="`max_new_structures` (int > 0, required); `gamma_lower` (default 1.5: below it a candidate is not "
@@ -130,13 +160,14 @@ class SelectionCalculation(CalcJob):
             "selected_indices",
             valid_type=orm.List,
             required=False,
-            help="Position in `candidates` of each structure of `selected`.",
+            help="Position in `candidates` of each structure of `selected` (counting excluded candidates too).",
         )
         spec.output(
             "gammas",
             valid_type=orm.ArrayData,
             required=False,
-            help="`gammas`: the largest per-atom γ of every candidate, in the order of `candidates` (inf: not finite).",
+            help="`gammas`: the largest per-atom γ of every candidate, in the order of `candidates` (inf: not finite; "
+            "NaN: excluded, not evaluated).",
         )
         spec.output(
             "statistics",
@@ -190,6 +221,10 @@ class SelectionCalculation(CalcJob):
             training.forces,
         )
         candidates = self.inputs.candidates.get_arrays()
+        if "exclude" in self.inputs:
+            candidates = candidates.take(
+                available_candidates(candidates.num_structures, self.inputs.exclude.get_list())
+            )
         select_structures.write_structures(
             work / CANDIDATES,
             candidates.numbers,

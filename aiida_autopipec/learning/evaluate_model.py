@@ -9,6 +9,9 @@ It runs on the compute side, next to ``pacemaker``, and needs only numpy, pandas
 
     python evaluate_model.py evaluation_input.json
 
+If the ``.yace`` does not exist yet, it is first made from Pacemaker's ``.yaml`` (``convert`` in the input), so the
+job needs no separate ``pace_yaml2yace`` interpreter start.
+
 The input names the potential, Pacemaker's split datasets, the elements, the cutoff, the ZBL baseline (delta mode)
 and the output file, and optionally ``subsets``: named rows of a written dataset (``{"dataset": file, "indices":
 [...]}``) whose errors are reported separately under ``subsets`` (e.g. the original data of active learning).
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +142,25 @@ def subset_errors(calculator, folder: Path, subsets: dict[str, dict[str, Any]]) 
     return results
 
 
+def convert(folder: Path, settings: dict[str, Any]) -> bool:
+    """Make the ``.yace`` from Pacemaker's B-basis ``.yaml`` with pyace, as ``pace_yaml2yace`` does, in this process.
+
+    Messages (and a failure's traceback) go to ``settings["convert"]["log"]``, where the parser looks for them.
+    """
+    yaml_path, yace_path = folder / settings["convert"]["yaml"], folder / settings["potential"]
+    log = folder / settings["convert"]["log"]
+    try:
+        from pyace import ACEBBasisSet
+
+        ACEBBasisSet(str(yaml_path)).to_ACECTildeBasisSet().save_yaml(str(yace_path))
+    except Exception:  # anything pyace raises ends the job's evaluation; the parser reports the log
+        log.write_text(f"converting {yaml_path.name} to {yace_path.name} failed:\n{traceback.format_exc()}")
+        yace_path.unlink(missing_ok=True)  # no half-written potential
+        return False
+    log.write_text(f"converted {yaml_path.name} to {yace_path.name} (pyace ACEBBasisSet.to_ACECTildeBasisSet)\n")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -145,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     input_path = Path(argv[0])
     settings = json.loads(input_path.read_text())
+    needs_yace = settings.get("convert") and not (input_path.parent / settings["potential"]).is_file()
+    if needs_yace and not convert(input_path.parent, settings):
+        return 1
     results = evaluate(input_path.parent, settings)
     (input_path.parent / settings["output"]).write_text(json.dumps(results))
     return 0

@@ -47,20 +47,27 @@ EVALUATION_INPUT = "evaluation_input.json"
 EVALUATION_OUTPUT = "evaluation.json"
 EVALUATION_LOG = "evaluate.out"
 
-#: Files the parser needs; prediction pickles are large and only retrieved on request.
+#: Files kept in the calculation's ``retrieved`` folder: the run's own record (console output, errors, exit code,
+#: Pacemaker's log and metrics tables, the logs of the compute-side steps). Prediction pickles (several MB) only on
+#: request.
 RETRIEVE_LIST = [
     STDOUT,
     STDERR,
     EXIT_STATUS,
     LOG,
-    OUTPUT_POTENTIAL_YAML,
-    OUTPUT_POTENTIAL_YACE,
     TRAIN_METRICS,
     TEST_METRICS,
     TRAIN_CYCLE_METRICS,
     TEST_CYCLE_METRICS,
-    INTERIM_POTENTIAL,
     YAML2YACE_LOG,
-    EVALUATION_OUTPUT,
     EVALUATION_LOG,
+]
+#: Files the parser stores as output nodes (potential, interim potential, metrics and dimer curves of the delivered
+#: model): fetched only for parsing (AiiDA's ``retrieve_temporary_list``), so their content is not stored twice.
+#: Add a name to ``metadata.options.additional_retrieve_list`` to keep the raw file as well.
+RETRIEVE_TEMPORARY_LIST = [
+    OUTPUT_POTENTIAL_YAML,
+    OUTPUT_POTENTIAL_YACE,
+    INTERIM_POTENTIAL,
+    EVALUATION_OUTPUT,
 ]

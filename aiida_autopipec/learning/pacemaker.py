@@ -43,19 +43,25 @@ class PacemakerError(RuntimeError):
     """Pacemaker (or the ``.yace`` conversion) failed; the message carries the tail of its error output and log."""
 
 
-def post_fit_script(yaml2yace: str = "pace_yaml2yace", python: str | None = None) -> str:
+def post_fit_script(yaml2yace: str | None = "pace_yaml2yace", python: str | None = None) -> str:
     """Shell lines run right after ``pacemaker``: keep its exit code, convert the potential to ``.yace`` and, with
-    ``python`` (the interpreter of the pacemaker installation), evaluate the delivered model (``evaluate_model``)."""
-    lines = [
-        f"echo $? > {files.EXIT_STATUS}",
-        f"if [ -f {files.OUTPUT_POTENTIAL_YAML} ]; then",
-        f"  {shlex.quote(yaml2yace)} -o {files.OUTPUT_POTENTIAL_YACE} {files.OUTPUT_POTENTIAL_YAML}"
-        f" > {files.YAML2YACE_LOG} 2>&1",
-        "fi",
-    ]
-    if python is not None:
+    ``python`` (the interpreter of the pacemaker installation), evaluate the delivered model (``evaluate_model``).
+
+    With ``python`` and no ``yaml2yace`` the evaluation script also does the conversion (what ``pace_yaml2yace``
+    does, through the same pyace call): one interpreter start and pyace import fewer, ~0.6 s per fit.
+    """
+    lines = [f"echo $? > {files.EXIT_STATUS}"]
+    if yaml2yace is not None or python is None:
         lines += [
-            f"if [ -f {files.OUTPUT_POTENTIAL_YACE} ]; then",
+            f"if [ -f {files.OUTPUT_POTENTIAL_YAML} ]; then",
+            f"  {shlex.quote(yaml2yace or 'pace_yaml2yace')} -o {files.OUTPUT_POTENTIAL_YACE}"
+            f" {files.OUTPUT_POTENTIAL_YAML} > {files.YAML2YACE_LOG} 2>&1",
+            "fi",
+        ]
+    if python is not None:
+        needs = files.OUTPUT_POTENTIAL_YACE if yaml2yace is not None else files.OUTPUT_POTENTIAL_YAML
+        lines += [
+            f"if [ -f {needs} ]; then",
             f"  {shlex.quote(python)} {files.EVALUATION_SCRIPT} {files.EVALUATION_INPUT} > {files.EVALUATION_LOG} 2>&1",
             "fi",
         ]
@@ -80,6 +86,8 @@ def evaluation_settings(
     delta = config.training.baseline == "zbl_delta"
     return {
         "potential": files.OUTPUT_POTENTIAL_YACE,
+        # Made from the B-basis first when the job has no separate pace_yaml2yace step (post_fit_script).
+        "convert": {"yaml": files.OUTPUT_POTENTIAL_YAML, "log": files.YAML2YACE_LOG},
         "datasets": {"train": files.FITTING_DATA_INFO, "test": files.TEST_DATA_INFO},
         "elements": list(config.elements),
         "cutoff": float(cutoff),

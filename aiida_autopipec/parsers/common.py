@@ -1,14 +1,32 @@
-"""What the parsers of the compute-side scripts (labelling, selection) share."""
+"""What the parsers share: the folder of files to parse, and reading the reports of the compute-side scripts."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from aiida.engine import ExitCode
 from aiida.parsers import Parser
 
-__all__ = ["read_script_report", "tail"]
+__all__ = ["files_to_parse", "read_script_report", "tail"]
+
+
+@contextmanager
+def files_to_parse(parser: Parser, retrieved_temporary_folder: str | None = None) -> Iterator[Path]:
+    """A local folder with the ``retrieved`` files and those fetched only for parsing (``retrieve_temporary_list``:
+    files whose content the parser stores as output nodes, so the raw copy is not kept)."""
+    with tempfile.TemporaryDirectory() as directory:
+        folder = Path(directory)
+        parser.retrieved.base.repository.copy_tree(folder)
+        if retrieved_temporary_folder is not None:
+            for path in Path(retrieved_temporary_folder).iterdir():
+                if path.is_file():
+                    shutil.copy2(path, folder / path.name)
+        yield folder
 
 
 def tail(text: str, lines: int = 15) -> str:

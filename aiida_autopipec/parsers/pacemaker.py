@@ -22,6 +22,7 @@ from aiida_autopipec.learning.device import training_device
 from aiida_autopipec.learning.metrics import LogParser, MetricsError, TrainingMetrics, read_metrics_table
 from aiida_autopipec.learning.pacemaker import REFERENCE_ENERGIES_JSON, error_summary
 from aiida_autopipec.learning.potential import PotentialFileError, potential_info, set_reference_energies
+from aiida_autopipec.parsers.common import files_to_parse
 
 __all__ = ["PacemakerParser"]
 
@@ -40,11 +41,11 @@ class PacemakerParser(Parser):
     """Turn the retrieved files of a :class:`PacemakerCalculation` into outputs."""
 
     def parse(self, **kwargs) -> ExitCode | None:
-        with self.retrieved.base.repository.as_path() as folder:
-            exit_code = self._parse_folder(Path(folder))
+        with files_to_parse(self, kwargs.get("retrieved_temporary_folder")) as folder:
+            exit_code = self._parse_folder(folder)
             if exit_code is not None and exit_code.status != 0:
                 # A failed run hands on where it got to, so a restart can continue it (and provenance shows from what).
-                self._attach_interim_potential(Path(folder))
+                self._attach_interim_potential(folder)
             return exit_code
 
     def _attach_interim_potential(self, folder: Path) -> None:
@@ -101,9 +102,8 @@ class PacemakerParser(Parser):
         if not (folder / files.OUTPUT_POTENTIAL_YAML).is_file():
             return exit_codes.ERROR_NO_POTENTIAL.format(filename=files.OUTPUT_POTENTIAL_YAML)
         if not (folder / files.OUTPUT_POTENTIAL_YACE).is_file():
-            return exit_codes.ERROR_YACE_CONVERSION.format(
-                log_tail=_tail(self._read(folder / files.YAML2YACE_LOG)) or "(no output)"
-            )
+            log = self._read(folder / files.YAML2YACE_LOG) or self._read(folder / files.EVALUATION_LOG)
+            return exit_codes.ERROR_YACE_CONVERSION.format(log_tail=_tail(log) or "(no output)")
         if metrics is None:
             return exit_codes.ERROR_METRICS_MISSING.format(error=metrics_error)
         evaluation_path = folder / files.EVALUATION_OUTPUT

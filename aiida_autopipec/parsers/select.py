@@ -2,8 +2,9 @@
 
 ``selection.json``, written last by ``select_structures.py``, decides: a failed step (active set or γ), or the γ
 of every candidate and the chosen indices. The chosen structures are taken from the stored input candidates by
-index, so what is stored is exactly what was sent. γ and the statistics are outputs also when nothing could be
-chosen (every candidate below ``gamma_lower``, above ``gamma_upper``, or some of each).
+index, so what is stored is exactly what was sent; candidates listed in the ``exclude`` input were not sent, and
+indices and γ are mapped back to positions in the whole candidate set. γ and the statistics are outputs also when
+nothing could be chosen (every candidate below ``gamma_lower``, above ``gamma_upper``, or some of each).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from aiida import orm
 from aiida.engine import ExitCode
 from aiida.parsers import Parser
 
-from aiida_autopipec.calculations.select import DEFAULTS, OUTPUT, STDERR
+from aiida_autopipec.calculations.select import DEFAULTS, OUTPUT, STDERR, available_candidates
 from aiida_autopipec.data import TrainingSetData
 from aiida_autopipec.parsers.common import read_script_report, tail
 
@@ -63,7 +64,9 @@ class SelectionParser(Parser):
         candidates = self.node.inputs.candidates
         parameters = {**DEFAULTS, **self.node.inputs.parameters.get_dict()}
         lower, upper = float(parameters["gamma_lower"]), float(parameters["gamma_upper"])
-        num_candidates = candidates.num_structures
+        exclude = self.node.inputs.exclude.get_list() if "exclude" in self.node.inputs else []
+        available = available_candidates(candidates.num_structures, exclude)  # the script saw only these
+        num_candidates = len(available)
 
         report, failure = read_script_report(self, folder, OUTPUT, STDERR)
         if failure is not None:
@@ -98,8 +101,10 @@ class SelectionParser(Parser):
             "gamma_upper": upper,
             "method": parameters["method"],
         }
+        all_gammas = np.full(candidates.num_structures, np.nan)
+        all_gammas[available] = gammas
         gamma_array = orm.ArrayData()
-        gamma_array.set_array("gammas", gammas)
+        gamma_array.set_array("gammas", all_gammas)
         self.out("gammas", gamma_array)
         self.out("statistics", orm.Dict(statistics))
 
@@ -120,7 +125,8 @@ class SelectionParser(Parser):
                 num_below_lower=counts["num_below_lower"],
                 num_above_upper=counts["num_above_upper"],
             )
-        chosen = candidates.get_arrays().take(order)
+        indices = [available[i] for i in order]  # positions in the whole candidate set
+        chosen = candidates.get_arrays().take(indices)
         self.out("selected", TrainingSetData(arrays=chosen.without_labels() if chosen.labelled else chosen))
-        self.out("selected_indices", orm.List(order))
+        self.out("selected_indices", orm.List(indices))
         return None

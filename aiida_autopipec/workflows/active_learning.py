@@ -18,7 +18,7 @@ from aiida_autopipec.calculations.common import limit_label_length
 from aiida_autopipec.calculations.pacemaker import validate_inputs as validate_fit_inputs
 from aiida_autopipec.data import PotentialData, TrainingSetData
 from aiida_autopipec.workflows.base import PacemakerBaseWorkChain
-from aiida_autopipec.workflows.functions import merge_new_structures, remove_candidates, split_held_out
+from aiida_autopipec.workflows.functions import merge_new_structures, split_held_out
 from aiida_autopipec.workflows.labeling import (
     FAILURES_OUTPUT,
     LABELLED_OUTPUT,
@@ -231,6 +231,7 @@ class ActiveLearningWorkChain(WorkChain):
             )
             self.ctx.training_set, self.ctx.test_set = split["training_set"], split["test_set"]
         self.ctx.pool = self.inputs.candidates if "candidates" in self.inputs else None  # labels are ignored
+        self.ctx.used = []  # indices of the pool already selected: the pool is stored once, never re-stored
         self.ctx.iteration = 0
         self.ctx.history = []
         self.ctx.converged = False
@@ -334,6 +335,11 @@ class ActiveLearningWorkChain(WorkChain):
             return False
         if self.ctx.pool is None:
             self.ctx.stop = self.exit_codes.ERROR_CANDIDATES_EXHAUSTED.format(why="no candidates were given")
+            self.report(self._line("no candidates given"))
+            return False
+        if len(self.ctx.used) >= self.ctx.pool.num_structures:
+            why = f"all {self.ctx.pool.num_structures} candidates have been selected in earlier iterations"
+            self.ctx.stop = self.exit_codes.ERROR_CANDIDATES_EXHAUSTED.format(why=why)
             self.report(self._line("no candidates left"))
             return False
         return True
@@ -355,6 +361,8 @@ class ActiveLearningWorkChain(WorkChain):
             ),
             "metadata": {"options": dict(self.inputs.selection.get("options", {}))},
         }
+        if self.ctx.used:
+            inputs["exclude"] = orm.List(sorted(self.ctx.used))
         return ToContext(selection=self.submit(CalculationFactory("autopipec.select"), **inputs))
 
     def inspect_selection(self):
@@ -411,8 +419,7 @@ class ActiveLearningWorkChain(WorkChain):
     def merge(self) -> None:
         merged = merge_new_structures(self.ctx.training_set, self.ctx.labelled)
         self.ctx.training_set = merged["training_set"]
-        remaining = remove_candidates(self.ctx.pool, self.ctx.selection.outputs.selected_indices)
-        self.ctx.pool = remaining.get("candidates")
+        self.ctx.used += self.ctx.selection.outputs.selected_indices.get_list()
         entry = self.ctx.history[-1]
         entry["added"] = merged["added"].value
         self.report(self._line(f"selected {len(self.ctx.selection.outputs.selected_indices)}, added {entry['added']}"))

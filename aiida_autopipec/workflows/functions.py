@@ -1,4 +1,4 @@
-"""Data steps of the active-learning loop as calcfunctions, so every split, merge and pool update is in provenance."""
+"""Data steps of the active-learning loop as calcfunctions, so every split and merge is in provenance."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from aiida.engine import calcfunction
 from aiida_autopipec.data import TrainingSetData
 from aiida_autopipec.learning.dataset import DatasetError, StructureArrays
 
-__all__ = ["merge_new_structures", "new_structure_indices", "remove_candidates", "split_held_out"]
+__all__ = ["merge_new_structures", "new_structure_indices", "split_held_out"]
 
 #: Two structures are the same when numbers and pbc agree and cells and positions agree to this tolerance (Å).
 DUPLICATE_TOLERANCE = 1e-6
@@ -78,12 +78,3 @@ def merge_new_structures(training_set: TrainingSetData, new: TrainingSetData) ->
         return {"training_set": TrainingSetData.merge([training_set]), "added": orm.Int(0)}
     addition = TrainingSetData(arrays=new_arrays.take(keep))
     return {"training_set": TrainingSetData.merge([training_set, addition]), "added": orm.Int(len(keep))}
-
-
-@calcfunction
-def remove_candidates(candidates: TrainingSetData, indices: orm.List) -> dict:
-    """The candidate pool without the structures at ``indices`` (selected for labelling); no output once empty."""
-    arrays = candidates.get_arrays()
-    drop = set(indices.get_list())
-    keep = [index for index in range(arrays.num_structures) if index not in drop]
-    return {"candidates": TrainingSetData(arrays=arrays.take(keep))} if keep else {}

@@ -46,16 +46,21 @@ def test_prepare_writes_dataset_input_and_references(generate_calc_job, inputs):
     assert calcinfo.codes_info[0].stderr_name == files.STDERR
     assert set(files.RETRIEVE_LIST) <= set(calcinfo.retrieve_list)
     assert files.TRAIN_PREDICTIONS not in calcinfo.retrieve_list
+    # What becomes output nodes is fetched for parsing only, not kept twice in the repository.
+    assert calcinfo.retrieve_temporary_list == files.RETRIEVE_TEMPORARY_LIST
+    assert not set(files.RETRIEVE_TEMPORARY_LIST) & set(calcinfo.retrieve_list)
     assert files.TRAINING_DATA in calcinfo.provenance_exclude_list
-    # The exit code is captured first, and the .yace is made by pace_yaml2yace next to the pacemaker executable.
+    # The exit code is captured first; the Python next to pacemaker converts to .yace and evaluates, in one process.
     first_line = calcinfo.append_text.splitlines()[0]
     assert first_line == f"echo $? > {files.EXIT_STATUS}"
     executable_dir = str(inputs["code"].filepath_executable.parent)
-    assert f"{executable_dir}/pace_yaml2yace -o {files.OUTPUT_POTENTIAL_YACE}" in calcinfo.append_text
+    assert "pace_yaml2yace" not in calcinfo.append_text
+    assert f"if [ -f {files.OUTPUT_POTENTIAL_YAML} ]" in calcinfo.append_text
     # The delivered model is evaluated on the compute side by a standalone script and its ZBL module.
     assert f"{executable_dir}/python {files.EVALUATION_SCRIPT} {files.EVALUATION_INPUT}" in calcinfo.append_text
     assert (folder / files.EVALUATION_SCRIPT).is_file() and (folder / files.EVALUATION_ZBL_MODULE).is_file()
     evaluation = json.loads((folder / files.EVALUATION_INPUT).read_text())
+    assert evaluation["convert"] == {"yaml": files.OUTPUT_POTENTIAL_YAML, "log": files.YAML2YACE_LOG}
     assert evaluation["mode"] == "core_repulsion" and evaluation["baseline"] is None
     assert set(evaluation["pair_cutoffs"]) == {"Al-Al", "Al-Cu", "Cu-Cu"}
     assert evaluation["cutoff"] == 4.5
@@ -110,6 +115,15 @@ def test_prepare_with_test_set_and_settings(generate_calc_job, inputs, emt_test_
     assert config["fit"]["loss"]["kappa"] == 0.7  # the rest of the generated section is kept
     assert len(pd.read_pickle(folder / files.TEST_DATA, compression="gzip")) == 8
     assert files.TRAIN_PREDICTIONS in calcinfo.retrieve_list
+
+
+def test_named_yaml2yace_executable_runs_before_the_evaluation(generate_calc_job, inputs):
+    inputs["settings"] = orm.Dict({"yaml2yace_executable": "/opt/ace/bin/pace_yaml2yace"})
+    _, calcinfo = generate_calc_job("autopipec.pacemaker", inputs)
+    lines = calcinfo.append_text.splitlines()
+    convert = next(i for i, line in enumerate(lines) if "/opt/ace/bin/pace_yaml2yace -o" in line)
+    evaluate = next(i for i, line in enumerate(lines) if files.EVALUATION_SCRIPT in line)
+    assert convert < evaluate and lines[evaluate - 1] == f"if [ -f {files.OUTPUT_POTENTIAL_YACE} ]; then"
 
 
 def test_user_reference_energies_are_used(generate_calc_job, inputs):

@@ -65,6 +65,11 @@ def test_provenance_links(trained):
     # input.yaml is kept in the node's repository; the Pacemaker pickle is not (TrainingSetData holds the data).
     stored = node.base.repository.list_object_names()
     assert "input.yaml" in stored and "training_data.pckl.gzip" not in stored
+    # Logs and metrics tables are kept; files stored as output nodes (potential, evaluation) are not kept twice.
+    kept = set(results["retrieved"].base.repository.list_object_names())
+    assert {"log.txt", "pacemaker.err", "metrics.txt", "pacemaker.exit_status"} <= kept
+    assert not kept & {"evaluation.json", "output_potential.yace", "output_potential.yaml"}
+    assert "dimer_curves" in outgoing
     # What `verdi node graph generate` draws: inputs and outputs around the calculation.
     from aiida.tools.visualization import Graph
 

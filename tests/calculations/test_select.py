@@ -214,6 +214,51 @@ def test_max_new_structures_keeps_the_highest(wide_run, python_code, potential, 
     np.testing.assert_allclose(results["gammas"].get_array("gammas"), gammas[:6], rtol=1e-10)
 
 
+def test_excluded_candidates_are_not_sent_and_indices_count_the_whole_pool(
+    wide_run, python_code, potential, training_set, candidate_structures
+):
+    """A loop passes the candidates it already used as ``exclude``: the pool is stored once, never re-stored."""
+    gammas = wide_run[0]["gammas"].get_array("gammas")
+    candidates = TrainingSetData.from_ase(candidate_structures, labelled=False)
+    best = int(np.argmax(np.where(gammas <= WIDE_UPPER, gammas, -np.inf)))  # the one a first round would pick
+    parameters = {"max_new_structures": 1, "gamma_upper": WIDE_UPPER}
+    inputs = _inputs(python_code, potential, training_set, candidates, parameters)
+    results, node = run_get_node(SelectionCalculation, **inputs, exclude=orm.List([best, 0]))
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    shown = results["gammas"].get_array("gammas")
+    assert shown.shape == (7,) and np.isnan(shown[[0, best]]).all()
+    kept = [i for i in range(7) if i not in (0, best)]
+    np.testing.assert_allclose(shown[kept], gammas[kept], rtol=1e-10)
+    in_window = [i for i in kept if 1.5 <= gammas[i] <= WIDE_UPPER]
+    expected = max(in_window, key=lambda i: gammas[i])
+    assert results["selected_indices"].get_list() == [expected] and expected != best
+    (atoms,) = results["selected"].to_ase()
+    assert np.array_equal(atoms.positions, candidate_structures[expected].positions)
+    assert results["statistics"]["num_candidates"] == 5
+    assert node.inputs.candidates.uuid == candidates.uuid  # the same stored pool, nothing re-stored
+
+
+@pytest.mark.parametrize(
+    ("exclude", "message"),
+    [
+        ([7], r"exclude: expected indices of the 7 candidates \(0 to 6\)"),
+        ([-1], "exclude: expected indices"),
+        ([True], "exclude: expected indices"),
+        ([1, 1], "an index appears more than once"),
+        (list(range(7)), "all 7 candidates are excluded"),
+    ],
+)
+def test_bad_exclude_rejected_before_anything_is_stored(
+    python_code, potential, training_set, candidate_structures, exclude, message
+):
+    candidates = TrainingSetData.from_ase(candidate_structures, labelled=False).store()
+    inputs = _inputs(python_code, potential, training_set, candidates, {"max_new_structures": 1})
+    before = _node_count()
+    with pytest.raises(ValueError, match=message):
+        run_get_node(SelectionCalculation, **inputs, exclude=orm.List(exclude))
+    assert _node_count() == before
+
+
 def test_default_trust_window(wide_run, python_code, potential, training_set, candidate_structures):
     """γ 1.5-10 by default: the training structures are below it, the rattled and compressed above it."""
     gammas = wide_run[0]["gammas"].get_array("gammas")

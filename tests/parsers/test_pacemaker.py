@@ -190,3 +190,57 @@ def test_truncated_interim_potential_is_not_attached(generate_calc_job_node, kee
     assert calcfunction.exit_status == PacemakerCalculation.exit_codes.ERROR_PACEMAKER_KILLED.status
     assert "interim_potential" not in results
     assert "learning_curve" in results
+
+
+def _split_like_a_real_retrieval(node, tmp_path):
+    """A clone of ``node`` whose ``retrieved`` holds only files.RETRIEVE_LIST; the rest goes to a temporary folder
+    (what AiiDA does with ``retrieve_temporary_list``)."""
+    from aiida import orm
+    from aiida.common import LinkType
+
+    from aiida_autopipec.learning import files
+
+    kept = orm.FolderData()
+    for name in node.outputs.retrieved.base.repository.list_object_names():
+        content = node.outputs.retrieved.base.repository.get_object_content(name, mode="rb")
+        if name in files.RETRIEVE_TEMPORARY_LIST:
+            (tmp_path / name).write_bytes(content)
+        elif name in files.RETRIEVE_LIST:
+            kept.base.repository.put_object_from_bytes(content, name)
+    clone = orm.CalcJobNode(computer=node.computer, process_type=node.process_type)
+    clone.set_option("resources", {"num_machines": 1, "num_mpiprocs_per_machine": 1})
+    clone.base.links.add_incoming(node.inputs.parameters, LinkType.INPUT_CALC, "parameters")
+    for name in node.base.repository.list_object_names():
+        clone.base.repository.put_object_from_bytes(node.base.repository.get_object_content(name, mode="rb"), name)
+    clone.store()
+    kept.base.links.add_incoming(clone, LinkType.CREATE, "retrieved")
+    kept.store()
+    return clone
+
+
+@pytest.mark.parametrize(("case", "status"), [("success", 0), ("killed", "ERROR_PACEMAKER_KILLED")])
+def test_files_fetched_only_for_parsing_give_the_same_outputs(generate_calc_job_node, tmp_path, case, status):
+    """Potential, evaluation and interim potential come from the temporary folder; the outputs are unchanged."""
+    status = PacemakerCalculation.exit_codes[status].status if isinstance(status, str) else status
+    node = generate_calc_job_node(case, reference_energies=REFERENCES)
+    expected, _ = PacemakerParser.parse_from_node(node, store_provenance=False)
+    clone = _split_like_a_real_retrieval(node, tmp_path)
+    assert "evaluation.json" not in clone.outputs.retrieved.base.repository.list_object_names()
+    results, calcfunction = PacemakerParser.parse_from_node(
+        clone, store_provenance=False, retrieved_temporary_folder=str(tmp_path)
+    )
+    assert calcfunction.exit_status == status
+    assert set(results) == set(expected)
+    if case == "success":
+        assert results["potential"].get_yace() == expected["potential"].get_yace()
+        assert results["metrics"].get_dict() == expected["metrics"].get_dict()
+        assert results["dimer_curves"].get_arraynames() == expected["dimer_curves"].get_arraynames()
+    else:
+        assert results["interim_potential"].get_content() == expected["interim_potential"].get_content()
+
+
+def test_without_the_files_fetched_for_parsing_the_potential_is_missing(generate_calc_job_node, tmp_path):
+    clone = _split_like_a_real_retrieval(generate_calc_job_node("success", reference_energies=REFERENCES), tmp_path)
+    results, calcfunction = PacemakerParser.parse_from_node(clone, store_provenance=False)
+    assert calcfunction.exit_status == PacemakerCalculation.exit_codes.ERROR_NO_POTENTIAL.status
+    assert "potential" not in results

@@ -53,11 +53,26 @@ def test_reaches_the_target_by_adding_selected_structures(loop_inputs):
     assert rows[-1]["potential"] == results["potential"].uuid
 
 
-def test_unreachable_target_ends_not_converged_with_the_best_potential(loop_inputs):
-    results, node = run_loop(loop_inputs, rmse_forces=1e-4, max_iterations=2, max_new_structures=8)
+def test_pool_is_stored_once_and_used_up_then_the_loop_ends_with_the_best_potential(loop_inputs):
+    """3 candidates, 2 per iteration, a window that takes any γ: 2 selected, then the last 1, then none left.
+
+    The pool stays one stored node; later selections exclude what earlier ones took (nothing is re-stored).
+    """
+    pool = TrainingSetData.from_ase(emt_dataset(3, seed=34, rattle=0.08, labelled=False), labelled=False)
+    parameters = orm.Dict({**loop_inputs["parameters"].get_dict(), "maxiter": 10})  # accuracy is not the point
+    inputs = dict(loop_inputs, candidates=pool, parameters=parameters)
+    convergence = dict(rmse_forces=1e-4, max_iterations=4, max_new_structures=2, gamma_lower=1e-6, gamma_upper=1e9)
+    results, node = run_loop(inputs, **convergence)
     history = results["history"].get_list()
-    assert node.exit_status == ActiveLearningWorkChain.exit_codes.ERROR_NOT_CONVERGED.status, node.exit_message
-    assert len(history) == 2
+    assert node.exit_status == ActiveLearningWorkChain.exit_codes.ERROR_CANDIDATES_EXHAUSTED.status, node.exit_message
+    assert "all 3 candidates have been selected in earlier iterations" in node.exit_message
+    assert len(history) == 3
+    assert [entry["selection"]["num_selected"] for entry in history[:2]] == [2, 1]
+    selections = sorted((n for n in node.called if n.process_label == "SelectionCalculation"), key=lambda n: n.ctime)
+    assert [n.inputs.candidates.uuid for n in selections] == [inputs["candidates"].uuid] * 2
+    first = selections[0].outputs.selected_indices.get_list()
+    assert "exclude" not in selections[0].inputs and selections[1].inputs.exclude.get_list() == sorted(first)
+    assert sorted(first + selections[1].outputs.selected_indices.get_list()) == [0, 1, 2]
     best = min(history, key=lambda entry: entry["test"]["rmse_forces"])
     assert results["metrics"]["test"]["rmse_forces"] == pytest.approx(best["test"]["rmse_forces"])
     assert history[1]["num_structures"] == history[0]["num_structures"] + history[0]["added"]

@@ -1,4 +1,4 @@
-"""Data steps of the active-learning loop: held-out split, deduplicating merge, candidate pool updates."""
+"""Data steps of the active-learning loop: held-out split, deduplicating merge."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from aiida_autopipec.learning.reference_data import emt_dataset
 from aiida_autopipec.workflows.functions import (
     merge_new_structures,
     new_structure_indices,
-    remove_candidates,
     split_held_out,
 )
 
@@ -53,10 +52,3 @@ def test_merge_adds_only_new_structures_and_reuses_stored_shards(structures):
         assert np.array_equal(atoms.positions, reference.positions)
         assert atoms.get_potential_energy() == reference.get_potential_energy()
     assert merged.base.links.get_incoming().first().node.process_label == "merge_new_structures"
-
-
-def test_remove_candidates(structures):
-    pool = TrainingSetData.from_ase(structures[:4], labelled=False)
-    rest = remove_candidates(pool, orm.List([0, 2]))["candidates"]
-    assert np.array_equal(rest.get_arrays().positions, pool.get_arrays().take([1, 3]).positions)
-    assert remove_candidates(pool, orm.List([0, 1, 2, 3])) == {}
