@@ -106,14 +106,13 @@ def dimer_curves(calculator, elements: list[str], cutoff: float, baseline: dict 
 
 def evaluate(folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """Errors on Pacemaker's train/test split and dimer curves of the delivered model."""
-    import pandas as pd
     from pyace import PyACECalculator
 
     calculator = PyACECalculator(str(folder / settings["potential"]))
     frames = {}
     for split in ("train", "test"):
         path = folder / settings["datasets"][split]
-        frames[split] = pd.read_pickle(path, compression="gzip") if path.is_file() else None
+        frames[split] = read_frame(path) if path.is_file() else None
     results = {
         "evaluator": "pyace.PyACECalculator on the delivered .yace"
         + (" + ZBL baseline" if settings["baseline"] else ""),
@@ -126,18 +125,26 @@ def evaluate(folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
+def read_frame(path: Path):
+    """A DataFrame pickle written in this job, gzip-compressed (Pacemaker's ``*.pckl.gzip``) or not."""
+    import pandas as pd
+
+    with path.open("rb") as handle:
+        compression = "gzip" if handle.read(2) == b"\x1f\x8b" else None
+    return pd.read_pickle(path, compression=compression)
+
+
 def subset_errors(calculator, folder: Path, subsets: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Errors on named rows of a dataset written for the fit (e.g. the original data of an active-learning run).
 
     Read from the dataset as written (order kept), not from Pacemaker's processed copy, which may reorder rows.
     """
-    import pandas as pd
 
     loaded: dict[str, Any] = {}
     results = {}
     for name, subset in subsets.items():
         if subset["dataset"] not in loaded:
-            loaded[subset["dataset"]] = pd.read_pickle(folder / subset["dataset"], compression="gzip")
+            loaded[subset["dataset"]] = read_frame(folder / subset["dataset"])
         results[name] = errors(calculator, loaded[subset["dataset"]].iloc[list(subset["indices"])])
     return results
 

@@ -10,10 +10,11 @@ INPUT_YAML = "input.yaml"
 #: Pacemaker's command-line arguments: ``--verbose-tf`` keeps TensorFlow's device messages in stderr (which device
 #: ran is read from them, :mod:`~aiida_autopipec.learning.device`), then the input file.
 PACEMAKER_ARGUMENTS = ("--verbose-tf", INPUT_YAML)
-#: Training data: gzip pickle of a pandas DataFrame (written only inside a working directory).
-TRAINING_DATA = "training_data.pckl.gzip"
+#: Training data: pickle of a pandas DataFrame (written only inside a working directory). Uncompressed: Pacemaker
+#: infers the compression from the name, and gzip would cost more time than the ~20 % it saves on float data.
+TRAINING_DATA = "training_data.pckl"
 #: Held-out data passed as Pacemaker's ``data.test_filename``.
-TEST_DATA = "test_data.pckl.gzip"
+TEST_DATA = "test_data.pckl"
 #: Initial potential for a warm start (B-basis YAML).
 INITIAL_POTENTIAL = "initial_potential.yaml"
 

@@ -35,7 +35,7 @@ def test_prepare_writes_dataset_input_and_references(generate_calc_job, inputs):
     assert config["backend"]["gpu_config"] == {"gpu_ind": -1, "mem_limit": 0}
 
     references = json.loads((folder / REFERENCE_ENERGIES_JSON).read_text())
-    frame = pd.read_pickle(folder / files.TRAINING_DATA, compression="gzip")
+    frame = pd.read_pickle(folder / files.TRAINING_DATA)
     assert len(frame) == inputs["training_set"].num_structures
     for _, row in frame.iterrows():
         symbols = row["ase_atoms"].get_chemical_symbols()
@@ -92,7 +92,7 @@ def test_zbl_delta_writes_the_residual(generate_calc_job, inputs):
     bonds = yaml.safe_load((folder / files.INPUT_YAML).read_text())["potential"]["bonds"]
     assert set(bonds) == {"ALL"}  # no Pacemaker core on top of the baseline
     references = json.loads((folder / REFERENCE_ENERGIES_JSON).read_text())
-    frame = pd.read_pickle(folder / files.TRAINING_DATA, compression="gzip")
+    frame = pd.read_pickle(folder / files.TRAINING_DATA)
     arrays = inputs["training_set"].get_arrays()
     zbl_energies, zbl_forces = zbl_baseline(arrays, evaluation["pair_cutoffs"])
     for i, (_, row) in enumerate(frame.iterrows()):
@@ -113,7 +113,7 @@ def test_prepare_with_test_set_and_settings(generate_calc_job, inputs, emt_test_
     assert config["data"] == {"filename": files.TRAINING_DATA, "test_filename": files.TEST_DATA}
     assert config["fit"]["loss"]["L1_coeffs"] == 1e-5
     assert config["fit"]["loss"]["kappa"] == 0.7  # the rest of the generated section is kept
-    assert len(pd.read_pickle(folder / files.TEST_DATA, compression="gzip")) == 8
+    assert len(pd.read_pickle(folder / files.TEST_DATA)) == 8
     assert files.TRAIN_PREDICTIONS in calcinfo.retrieve_list
 
 

@@ -9,6 +9,7 @@ from aiida.engine import run_get_node
 
 from aiida_autopipec.calculations.pacemaker import PacemakerCalculation
 from aiida_autopipec.data import PotentialData, TrainingSetData
+from aiida_autopipec.learning import files
 from tests.conftest import FAST_PARAMETERS
 
 pytestmark = pytest.mark.pacemaker
@@ -64,7 +65,7 @@ def test_provenance_links(trained):
     assert {"potential", "metrics", "learning_curve", "retrieved", "remote_folder"} <= outgoing
     # input.yaml is kept in the node's repository; the Pacemaker pickle is not (TrainingSetData holds the data).
     stored = node.base.repository.list_object_names()
-    assert "input.yaml" in stored and "training_data.pckl.gzip" not in stored
+    assert "input.yaml" in stored and files.TRAINING_DATA not in stored
     # Logs and metrics tables are kept; files stored as output nodes (potential, evaluation) are not kept twice.
     kept = set(results["retrieved"].base.repository.list_object_names())
     assert {"log.txt", "pacemaker.err", "metrics.txt", "pacemaker.exit_status"} <= kept

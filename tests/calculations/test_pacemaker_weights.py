@@ -29,7 +29,7 @@ def test_weights_and_subsets_are_written(generate_calc_job, inputs, emt_structur
     inputs["structure_weights"] = orm.List(weights)
     inputs["evaluation_subsets"] = orm.Dict({"original": [0, 1, 2, 3]})
     folder, _ = generate_calc_job("autopipec.pacemaker", inputs)
-    frame = pd.read_pickle(folder / files.TRAINING_DATA, compression="gzip")
+    frame = pd.read_pickle(folder / files.TRAINING_DATA)
     assert frame["w_energy"].tolist() == weights
     expected = [[weight] * len(atoms) for weight, atoms in zip(weights, emt_structures, strict=True)]
     assert [atom_weights.tolist() for atom_weights in frame["w_forces"]] == expected
@@ -39,7 +39,7 @@ def test_weights_and_subsets_are_written(generate_calc_job, inputs, emt_structur
 
 def test_without_weights_pacemaker_weights_uniformly(generate_calc_job, inputs):
     folder, _ = generate_calc_job("autopipec.pacemaker", inputs)
-    frame = pd.read_pickle(folder / files.TRAINING_DATA, compression="gzip")
+    frame = pd.read_pickle(folder / files.TRAINING_DATA)
     assert "w_energy" not in frame.columns and "w_forces" not in frame.columns
     assert "subsets" not in json.loads((folder / files.EVALUATION_INPUT).read_text())
 

@@ -59,7 +59,7 @@ def test_large_database_shows_a_progress_bar(tmp_path, monkeypatch, emt_structur
 def test_pickle_needs_trust(tmp_path, emt_structures):
     arrays = StructureArrays.from_atoms(emt_structures)
     path = tmp_path / "data.pckl.gzip"
-    to_pacemaker_dataframe(arrays, {"Al": 0.0, "Cu": 0.0}).to_pickle(path, compression="gzip")
+    to_pacemaker_dataframe(arrays, {"Al": 0.0, "Cu": 0.0}).to_pickle(path)
     refused = CliRunner().invoke(autopipec, ["data", "import", str(path)])
     assert refused.exit_code != 0
     assert "--trust-pickle" in refused.output and "arbitrary code" in refused.output

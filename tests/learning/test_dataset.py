@@ -17,6 +17,7 @@ from aiida_autopipec.learning.dataset import (
     StructureArrays,
     corrected_energies,
     fit_reference_energies,
+    pickle_compression,
     read_ase_db,
     read_extxyz,
     to_pacemaker_dataframe,
@@ -309,10 +310,12 @@ def test_write_pacemaker_dataset_is_readable_by_pandas(emt_labelled, tmp_path):
     import pandas as pd
 
     arrays = StructureArrays.from_atoms(emt_labelled)
-    path = write_pacemaker_dataset(tmp_path / "train.pckl.gzip", arrays, SYNTHETIC_REFERENCES)
-    frame = pd.read_pickle(path, compression="gzip")
-    assert frame["energy"].tolist() == arrays.energies.tolist()
-    assert np.array_equal(frame["ase_atoms"][0].positions, emt_labelled[0].positions)
+    for name, compression in (("train.pckl", None), ("train.pckl.gzip", "gzip")):  # as Pacemaker reads them
+        path = write_pacemaker_dataset(tmp_path / name, arrays, SYNTHETIC_REFERENCES)
+        assert pickle_compression(path) == compression
+        frame = pd.read_pickle(path, compression=compression)
+        assert frame["energy"].tolist() == arrays.energies.tolist()
+        assert np.array_equal(frame["ase_atoms"][0].positions, emt_labelled[0].positions)
 
 
 # -- bad input -----------------------------------------------------------------------------------------------
@@ -492,3 +495,72 @@ def test_file_that_is_not_a_database(tmp_path):
     path.write_text("just some text\n" * 20)
     with pytest.raises(DatasetError, match=r"notes\.db: cannot be read as an ASE database"):
         read_ase_db(path)
+
+
+def test_batched_overlap_check_agrees_with_the_neighbour_list():
+    """Mixed sizes, periodicities and skewed cells, some with a pair closer than 0.1 Å (also through a boundary):
+    the batched all-pairs check finds exactly the structures ASE's neighbour list finds."""
+    from aiida_autopipec.learning import dataset
+
+    rng = np.random.default_rng(7)
+    structures = []
+    for index in range(120):
+        count = int(rng.choice([1, 2, 5, 9]))
+        cell = np.diag(rng.uniform(2.5, 5.0, 3)) + rng.uniform(-0.8, 0.8, (3, 3))
+        pbc = [True, True, True] if index % 3 else rng.integers(0, 2, 3).astype(bool).tolist()
+        positions = rng.uniform(0, 1, (count, 3)) @ cell
+        if count > 1 and index % 4 == 0:  # a near-duplicate, shifted by a lattice vector half of the time
+            positions[1] = positions[0] + rng.normal(0, 0.03, 3) + (cell[0] if index % 8 == 0 else 0)
+        structures.append(Atoms(numbers=[13] * count, positions=positions, cell=cell, pbc=pbc))
+    expected = [
+        index
+        for index, atoms in enumerate(structures)
+        if dataset._overlap_by_neighbour_list(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
+    ]
+    assert 5 < len(expected) < 60  # both kinds are present
+    arrays = StructureArrays(
+        numbers=np.concatenate([atoms.numbers for atoms in structures]),
+        positions=np.concatenate([atoms.positions for atoms in structures]),
+        forces=np.full((sum(len(a) for a in structures), 3), np.nan),
+        natoms=np.array([len(a) for a in structures]),
+        cells=np.array([a.cell.array for a in structures]),
+        pbc=np.array([a.pbc for a in structures]),
+        energies=np.full(len(structures), np.nan),
+        labelled=False,
+    )
+    cells = np.array([a.cell.array if a.pbc.any() else np.eye(3) for a in structures])
+    assert arrays._overlapping_structures(cells).tolist() == expected
+    with pytest.raises(DatasetError, match=rf"structure {expected[0]} \(Al\d+\): atoms overlap"):
+        arrays.check_geometry()
+
+
+def test_the_first_problem_is_named_whichever_kind_it_is():
+    overlap = _labelled(_al_pair(distance=0.05))
+    flat = Atoms("Al2", positions=[[0, 0, 0], [2, 0, 0]], cell=[[4, 0, 0], [0, 4, 0], [0, 0, 0]], pbc=True)
+    fine = _labelled(_al_pair(distance=2.5))
+    with pytest.raises(DatasetError, match=r"structure 1 .*atoms overlap"):
+        StructureArrays.from_atoms([fine, overlap, _labelled(flat)])
+    with pytest.raises(DatasetError, match="structure 1: periodic cell is degenerate"):
+        StructureArrays.from_atoms([fine, _labelled(flat), overlap])
+
+
+def test_npz_is_uncompressed_with_one_byte_atomic_numbers_and_old_files_still_load(emt_labelled, tmp_path):
+    import zipfile
+
+    arrays = StructureArrays.from_atoms(emt_labelled)
+    arrays.save_npz(tmp_path / "new.npz")
+    with zipfile.ZipFile(tmp_path / "new.npz") as archive:
+        assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_STORED}
+    with np.load(tmp_path / "new.npz") as data:
+        assert data["numbers"].dtype == np.uint8
+    # Files written before (compressed, int64 numbers) load to the same arrays, with int64 numbers either way.
+    np.savez_compressed(tmp_path / "old.npz", **{name: getattr(arrays, name) for name in StructureArrays.FIELDS})
+    for name in ("new.npz", "old.npz"):
+        loaded = StructureArrays.load_npz(tmp_path / name)
+        assert loaded.numbers.dtype == np.int64
+        for field in StructureArrays.FIELDS:
+            assert np.array_equal(getattr(loaded, field), getattr(arrays, field))
+    fields = {name: getattr(arrays, name) for name in StructureArrays.FIELDS}
+    np.savez(tmp_path / "float_numbers.npz", **{**fields, "numbers": arrays.numbers.astype(float)})
+    with pytest.raises(DatasetError, match="numbers: expected integers, got float64"):
+        StructureArrays.load_npz(tmp_path / "float_numbers.npz")

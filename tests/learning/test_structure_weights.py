@@ -72,8 +72,8 @@ def test_prepare_fit_weights_the_test_set_uniformly(tmp_path, structures, weight
     arrays = StructureArrays.from_atoms(structures)
     test = StructureArrays.from_atoms(emt_dataset(4, seed=43))
     prepare_fit(tmp_path, PacemakerConfigGenerator(CONFIG), arrays, test, structure_weights=weights)
-    train_frame = pd.read_pickle(tmp_path / files.TRAINING_DATA, compression="gzip")
-    test_frame = pd.read_pickle(tmp_path / files.TEST_DATA, compression="gzip")
+    train_frame = pd.read_pickle(tmp_path / files.TRAINING_DATA)
+    test_frame = pd.read_pickle(tmp_path / files.TEST_DATA)
     assert train_frame["w_energy"].tolist() == weights
     assert test_frame["w_energy"].tolist() == [1.0] * 4
 

@@ -196,7 +196,7 @@ def prepare_with_generator(mode: str, device: str = "cpu"):
         from aiida_autopipec.learning.dataset import StructureArrays
         from aiida_autopipec.learning.pacemaker import prepare_fit
 
-        df = pd.read_pickle(workdir / files.TRAINING_DATA, compression="gzip")
+        df = pd.read_pickle(workdir / files.TRAINING_DATA)
         structures = []
         for atoms, energy, forces in zip(df["ase_atoms"], df["energy"], df["forces"], strict=True):
             atoms = atoms.copy()
