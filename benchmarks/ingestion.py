@@ -114,7 +114,7 @@ def run(mode: str, workdir: Path) -> dict[str, Any]:
     floor, ours = [], []
     for repeat in range(settings["repeats"]):  # interleaved
         floor.append(measure("floor", database, workdir / "unused"))
-        ours.append(measure("ours", database, workdir / f"dataset_{repeat}.pckl.gzip"))
+        ours.append(measure("ours", database, workdir / f"dataset_{repeat}.pckl"))
     load_after = load_average()
     if {entry["structures"] for entry in floor + ours} != {settings["structures"]}:
         raise RuntimeError("a path did not see every structure")

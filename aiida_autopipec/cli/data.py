@@ -41,27 +41,37 @@ def import_structures(path: Path, file_format: str = "auto", select: str | None 
             )
         return read_pacemaker_pickle(path)
     if file_format == "db":
-
-        def progress(rows, length):
-            if length <= PROGRESS_THRESHOLD:
-                yield from rows
-                return
-            stream = click.get_text_stream("stderr")
-            with click.progressbar(rows, length=length, label=f"reading {path.name}", file=stream) as bar:
-                yield from bar
-
-        return read_ase_db(path, select, progress=progress)
+        return read_ase_db(path, select, progress=_progress_bar(path))
     return read_extxyz(path)
+
+
+def _progress_bar(path: Path):
+    """Wraps the rows of a large database in a progress bar on stderr."""
+
+    def progress(rows, length):
+        if length <= PROGRESS_THRESHOLD:
+            yield from rows
+            return
+        stream = click.get_text_stream("stderr")
+        with click.progressbar(rows, length=length, label=f"reading {path.name}", file=stream) as bar:
+            yield from bar
+
+    return progress
 
 
 def import_training_set(path: Path, file_format: str = "auto", select: str | None = None, **options):
     """A stored TrainingSetData of the structures in ``path``; bad files give a ClickException naming the problem."""
     from aiida_autopipec.data import TrainingSetData
-    from aiida_autopipec.learning.dataset import DatasetError
+    from aiida_autopipec.learning.dataset import DatasetError, StructureArrays, select_database_rows
 
+    trust_pickle = options.pop("trust_pickle", False)
     try:
-        structures = import_structures(path, file_format, select, options.pop("trust_pickle", False))
-        training_set = TrainingSetData.from_ase(structures, **options)
+        if (detect_format(path) if file_format == "auto" else file_format) == "db":  # rows straight to arrays
+            rows = select_database_rows(path, select, progress=_progress_bar(path))
+            training_set = TrainingSetData(arrays=StructureArrays.from_database_rows(rows, **options))
+        else:
+            structures = import_structures(path, file_format, select, trust_pickle)
+            training_set = TrainingSetData.from_ase(structures, **options)
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from exc
     training_set.label = path.name

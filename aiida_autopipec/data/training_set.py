@@ -15,8 +15,8 @@ from ase import Atoms
 from aiida_autopipec.learning.dataset import (
     DatasetError,
     StructureArrays,
-    read_ase_db,
     read_extxyz,
+    select_database_rows,
 )
 
 __all__ = ["TrainingSetData"]
@@ -68,7 +68,8 @@ class TrainingSetData(orm.Data):
     @classmethod
     def from_ase_db(cls, path: str | os.PathLike, selection: Any = None, **key_value_pairs: Any) -> TrainingSetData:
         """From an ASE database; ``selection`` and keyword filters use ``ase.db`` query syntax."""
-        return cls.from_ase(read_ase_db(path, selection, **key_value_pairs))
+        rows = select_database_rows(path, selection, **key_value_pairs)
+        return cls(arrays=StructureArrays.from_database_rows(rows))
 
     @classmethod
     def from_structures(

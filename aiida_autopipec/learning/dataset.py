@@ -31,10 +31,11 @@ __all__ = [
     "StructureArrays",
     "UnitsWarning",
     "fit_reference_energies",
+    "pickle_compression",
     "read_ase_db",
     "read_extxyz",
-    "pickle_compression",
     "read_pacemaker_pickle",
+    "select_database_rows",
     "structure_weight_columns",
     "to_pacemaker_dataframe",
     "write_extxyz",
@@ -154,31 +155,61 @@ class StructureArrays:
 
         With ``labelled=False`` only the geometry is kept: labels that are present are ignored, none are required.
         """
-        structures = list(structures)
-        if not structures:
-            raise DatasetError("the dataset is empty: at least one structure is required")
+
+        def parts():
+            for index, atoms in enumerate(structures):
+                if not isinstance(atoms, Atoms):
+                    raise DatasetError(f"structure {index}: expected ase.Atoms, got {type(atoms).__name__}")
+                if len(atoms) == 0:
+                    raise DatasetError(f"structure {index}: has no atoms")
+                labels = _labels(atoms, index) if labelled else (None, None)
+                yield atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, *labels, atoms.get_chemical_formula
+
+        return cls._from_parts(parts(), elements, labelled)
+
+    @classmethod
+    def from_database_rows(
+        cls, rows: Iterable[Any], elements: Sequence[str] | None = None, labelled: bool = True
+    ) -> StructureArrays:
+        """Like :meth:`from_atoms` for rows of an ASE database, read without building ``ase.Atoms`` first: the
+        labels are the calculator results stored in the row (``energy``, ``forces``), as ``row.toatoms()`` gives."""
+
+        def parts():
+            for index, row in enumerate(rows):
+                if row.natoms == 0:
+                    raise DatasetError(f"structure {index}: has no atoms")
+                energy, forces = (row.get("energy"), row.get("forces")) if labelled else (None, None)
+                if labelled and energy is None:
+                    raise DatasetError(f"structure {index} ({row.formula}): no energy")
+                if labelled and forces is None:
+                    raise DatasetError(f"structure {index} ({row.formula}): no forces")
+                yield row.numbers, row.positions, row.cell, row.pbc, energy, forces, lambda row=row: row.formula
+
+        return cls._from_parts(parts(), elements, labelled)
+
+    @classmethod
+    def _from_parts(cls, parts: Iterable[tuple], elements: Sequence[str] | None, labelled: bool) -> StructureArrays:
+        """Join per-structure (numbers, positions, cell, pbc, energy, forces, formula getter), then validate."""
         numbers, positions, forces, natoms, cells, pbc, energies = [], [], [], [], [], [], []
-        for index, atoms in enumerate(structures):
-            if not isinstance(atoms, Atoms):
-                raise DatasetError(f"structure {index}: expected ase.Atoms, got {type(atoms).__name__}")
-            if len(atoms) == 0:
-                raise DatasetError(f"structure {index}: has no atoms")
+        for index, (atom_numbers, atom_positions, cell, periodic, energy, atom_forces, formula) in enumerate(parts):
+            count = len(atom_numbers)
             if labelled:
-                energy, atom_forces = _labels(atoms, index)
+                atom_forces = np.asarray(atom_forces, dtype=float)
+                if atom_forces.shape != (count, 3):
+                    raise DatasetError(
+                        f"structure {index} ({formula()}): forces have shape {atom_forces.shape}, expected ({count}, 3)"
+                    )
             else:
-                energy, atom_forces = np.nan, np.full((len(atoms), 3), np.nan)
-            if atom_forces.shape != (len(atoms), 3):
-                raise DatasetError(
-                    f"structure {index} ({atoms.get_chemical_formula()}): forces have shape "
-                    f"{atom_forces.shape}, expected ({len(atoms)}, 3)"
-                )
-            numbers.append(atoms.numbers)
-            positions.append(atoms.positions)
+                energy, atom_forces = np.nan, np.full((count, 3), np.nan)
+            numbers.append(atom_numbers)
+            positions.append(atom_positions)
             forces.append(atom_forces)
-            natoms.append(len(atoms))
-            cells.append(np.asarray(atoms.cell))
-            pbc.append(atoms.pbc)
+            natoms.append(count)
+            cells.append(cell)
+            pbc.append(periodic)
             energies.append(energy)
+        if not natoms:
+            raise DatasetError("the dataset is empty: at least one structure is required")
         arrays = cls(
             numbers=np.concatenate(numbers).astype(np.int64),
             positions=np.concatenate(positions).astype(float),
@@ -194,7 +225,7 @@ class StructureArrays:
         arrays.check_geometry()
         if labelled:
             for message in arrays.units_hints():
-                warnings.warn(message, UnitsWarning, stacklevel=2)
+                warnings.warn(message, UnitsWarning, stacklevel=3)
         return arrays
 
     @classmethod
@@ -632,6 +663,14 @@ def read_ase_db(
 
     ``progress(rows, length)`` may wrap the row iterator, e.g. in a progress bar for large databases.
     """
+    return [row.toatoms() for row in select_database_rows(path, selection, progress, **key_value_pairs)]
+
+
+def select_database_rows(
+    path: str | os.PathLike, selection: Any = None, progress: Callable | None = None, **key_value_pairs: Any
+) -> list:
+    """The rows of an ASE database that ``selection`` and the keyword filters match (at least one), with clear
+    errors for missing, empty or corrupt files and bad selections."""
     import ase.db
 
     path = Path(path)
@@ -655,7 +694,7 @@ def read_ase_db(
             raise DatasetError(f"{path}: the selection {described} cannot be applied: {exc}") from exc
     if not rows:
         raise DatasetError(f"{path}: the selection {described} matched no rows")
-    return [row.toatoms() for row in rows]
+    return rows
 
 
 def pickle_compression(path: str | os.PathLike) -> str | None:

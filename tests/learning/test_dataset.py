@@ -20,6 +20,7 @@ from aiida_autopipec.learning.dataset import (
     pickle_compression,
     read_ase_db,
     read_extxyz,
+    select_database_rows,
     to_pacemaker_dataframe,
     write_extxyz,
     write_pacemaker_dataset,
@@ -211,6 +212,47 @@ def test_read_ase_db_selection(ase_db, emt_labelled):
     assert len(read_ase_db(ase_db, "config=bulk")) == 2
     assert len(read_ase_db(ase_db, "index>=3")) == 2
     assert len(read_ase_db(ase_db)) == 5
+
+
+def test_database_rows_give_the_arrays_their_atoms_give(ase_db, tmp_path):
+    """The fast path (rows straight to arrays) equals building ase.Atoms with row.toatoms() first."""
+    import ase.db
+    from ase.build import molecule
+
+    with ase.db.connect(ase_db) as database:  # also a molecule without cell or periodicity, and a 1-atom cell
+        for atoms in (molecule("CO"), bulk("Cu", "fcc", a=3.6)):
+            atoms.calc = SinglePointCalculator(atoms, energy=-1.5, forces=np.full((len(atoms), 3), 0.1))
+            database.write(atoms, config="extra")
+    rows = select_database_rows(ase_db)
+    via_rows = StructureArrays.from_database_rows(rows)
+    via_atoms = StructureArrays.from_atoms([row.toatoms() for row in rows])
+    for field in StructureArrays.FIELDS:
+        assert np.array_equal(getattr(via_rows, field), getattr(via_atoms, field)), field
+    unlabelled = StructureArrays.from_database_rows(rows, labelled=False)
+    assert not unlabelled.labelled and np.array_equal(unlabelled.positions, via_atoms.positions)
+    with pytest.raises(DatasetError, match=r"the data contain element\(s\) \['C', 'O'\]"):
+        StructureArrays.from_database_rows(rows, elements=["Al", "Cu"])
+
+
+@pytest.mark.parametrize("missing", ["energy", "forces"])
+def test_database_rows_without_labels_are_named(tmp_path, missing):
+    import ase.db
+
+    atoms = bulk("Al", "fcc", a=4.05) * (2, 1, 1)
+    results = {"energy": -7.0, "forces": np.zeros((2, 3))}
+    del results[missing]
+    atoms.calc = SinglePointCalculator(atoms, **results)
+    with ase.db.connect(tmp_path / "partial.db") as database:
+        database.write(bulk("Al", "fcc", a=4.05), data={"note": "no calculator"})
+        database.write(atoms)
+    rows = select_database_rows(tmp_path / "partial.db")
+    with pytest.raises(DatasetError, match=r"structure 0 \(Al\): no energy"):
+        StructureArrays.from_database_rows(rows)
+    # The same messages as through ase.Atoms.
+    with pytest.raises(DatasetError, match=rf"structure 0 \(Al2\): no {missing}"):
+        StructureArrays.from_atoms([rows[1].toatoms()])
+    with pytest.raises(DatasetError, match=rf"structure 0 \(Al2\): no {missing}"):
+        StructureArrays.from_database_rows(rows[1:])
 
 
 # -- reference energies and Pacemaker's DataFrame ------------------------------------------------------------
