@@ -302,7 +302,7 @@ class PacemakerCalculation(CalcJob):
         settings = self.inputs.settings.get_dict() if "settings" in self.inputs else {}
         config = system_config_from_inputs(self.inputs.parameters.get_dict(), training_set, test_set)
         try:
-            prepare_fit(
+            prepared = prepare_fit(
                 folder.abspath,
                 PacemakerConfigGenerator(config, settings.get("pacemaker")),
                 training_set.get_arrays(),
@@ -315,6 +315,11 @@ class PacemakerCalculation(CalcJob):
             )
         except (ConfigError, DatasetError) as exc:  # should have been caught by the validator
             raise ValueError(str(exc)) from exc
+        for pair, cutoffs in prepared["lowered"].items():
+            self.report(
+                f"warm start: the new data bring {pair} closer than the repulsive core of the initial potential "
+                f"allows; its (inner, outer) cutoffs go from {cutoffs['was']} to {cutoffs['now']} Å"
+            )
 
         codeinfo = datastructures.CodeInfo()
         codeinfo.code_uuid = self.inputs.code.uuid

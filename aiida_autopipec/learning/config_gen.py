@@ -335,7 +335,7 @@ class PacemakerConfigGenerator:
             num_structures, num_atoms = len(structures), sum(len(atoms) for atoms in structures)
             if needs_distances:
                 shortest_distances = shortest_pair_distances(structures, self.config.elements)
-        if zbl_params is not None:  # a warm start keeps the cutoffs of the potential it continues
+        if zbl_params is not None:  # a warm start: the cutoffs of the potential it continues (see prepare_fit)
             self.zbl_params = {key: (float(v[0]), float(v[1])) for key, v in zbl_params.items()}
         else:
             self.zbl_params = self._get_zbl_params(shortest_distances)
@@ -385,6 +385,10 @@ class PacemakerConfigGenerator:
         check_against_schema(config if initial_potential_path is None else {**config, "potential": {}})
         check_values(config)
         return config
+
+    def repulsion_cutoffs(self, shortest_distances: Mapping[str, float]) -> dict[str, tuple[float, float]]:
+        """What :meth:`_get_zbl_params` gives for data with these shortest pair distances (Å), without keeping it."""
+        return self._get_zbl_params(shortest_distances)
 
     def _get_zbl_params(self, shortest_distances: Mapping[str, float] | None = None) -> dict[str, tuple[float, float]]:
         """Per element pair ``(inner, outer)`` repulsion cutoffs in Å, keyed ``'Al-Cu'``.

@@ -31,9 +31,15 @@ from aiida_autopipec.learning.dataset import (
     write_pacemaker_dataset,
 )
 from aiida_autopipec.learning.metrics import LogParser, TrainingMetrics
-from aiida_autopipec.learning.potential import potential_info, set_reference_energies
+from aiida_autopipec.learning.potential import potential_info, set_reference_energies, set_repulsion_cutoffs
 
-__all__ = ["PacemakerError", "PacemakerRunner", "post_fit_script", "resolve_reference_energies"]
+__all__ = [
+    "PacemakerError",
+    "PacemakerRunner",
+    "post_fit_script",
+    "resolve_reference_energies",
+    "warm_start_repulsion",
+]
 
 #: Written next to the potential: the per-element reference energies (eV/atom) used for ``energy_corrected``.
 REFERENCE_ENERGIES_JSON = "reference_energies.json"
@@ -175,9 +181,11 @@ def prepare_fit(
     """Write everything a fit needs into ``folder``: datasets, input.yaml, reference energies, evaluation input.
 
     The one place that prepares a fit, for the plain runner and the AiiDA CalcJob alike. A warm start reuses the
-    reference energies and repulsion cutoffs of the potential it continues. ``structure_weights`` (one per training
-    structure) become Pacemaker's weight columns; ``evaluation_subsets`` (name -> training structure indices) are
-    evaluated separately with the delivered model. Returns the evaluation settings.
+    reference energies and repulsion cutoffs of the potential it continues, lowering the cutoffs of pairs that the
+    new data bring closer (:func:`warm_start_repulsion`; the returned ``lowered`` says which).
+    ``structure_weights`` (one per training structure) become Pacemaker's weight columns; ``evaluation_subsets``
+    (name -> training structure indices) are evaluated separately with the delivered model. Returns the evaluation
+    settings.
     """
     folder = Path(folder)
     config = generator.config
@@ -185,9 +193,13 @@ def prepare_fit(
     if test_arrays is not None:
         test_arrays.check_elements(config.elements)
     references = resolve_reference_energies(config.training, arrays, config.elements, initial_reference_energies)
-    shortest = None
-    if initial_zbl_params is None:
-        shortest = shortest_pair_distances(arrays.to_atoms(with_labels=False), config.elements)
+    shortest = shortest_pair_distances(arrays.to_atoms(with_labels=False), config.elements)
+    lowered: dict[str, dict[str, list[float]]] = {}
+    if initial_zbl_params is not None:
+        initial_zbl_params, lowered = warm_start_repulsion(generator, initial_zbl_params, shortest)
+        if lowered and initial_potential_yaml is not None:
+            changed = {pair: cutoffs["now"] for pair, cutoffs in lowered.items()}
+            initial_potential_yaml = set_repulsion_cutoffs(initial_potential_yaml, changed)
     input_yaml = generator.generate(
         files.TRAINING_DATA,
         test_dataset_path=files.TEST_DATA if test_arrays is not None else None,
@@ -229,7 +241,29 @@ def prepare_fit(
     (folder / files.EVALUATION_INPUT).write_text(json.dumps(settings, indent=2))
     for name, source in evaluation_files().items():
         (folder / name).write_text(source)
-    return {"reference_energies": references, "evaluation": settings, "input_yaml": input_yaml}
+    return {"reference_energies": references, "evaluation": settings, "input_yaml": input_yaml, "lowered": lowered}
+
+
+def warm_start_repulsion(
+    generator: PacemakerConfigGenerator,
+    kept: Mapping[str, Sequence[float]],
+    shortest: Mapping[str, float],
+) -> tuple[dict[str, tuple[float, float]], dict[str, dict[str, list[float]]]]:
+    """Repulsion cutoffs of a warm start: those of the potential it continues, except for pairs whose new data come
+    closer than the rule allows (e.g. structures added by active learning). Those get the rule's cutoffs for the
+    new data, or the repulsive core would override the data it is fitted to (the delivered model's error there
+    reached 17 eV/Å while Pacemaker, which reports errors without the core, showed 0.03 eV/Å).
+
+    Returns the cutoffs per pair and the lowered ones (``{"was": [inner, outer], "now": [inner, outer]}``).
+    """
+    rule = generator.repulsion_cutoffs(shortest)
+    cutoffs, lowered = {}, {}
+    for pair, (inner, outer) in kept.items():
+        cutoffs[pair] = (float(inner), float(outer))
+        if pair in rule and rule[pair][1] < float(outer):
+            cutoffs[pair] = rule[pair]
+            lowered[pair] = {"was": [float(inner), float(outer)], "now": list(rule[pair])}
+    return cutoffs, lowered
 
 
 class PacemakerRunner:

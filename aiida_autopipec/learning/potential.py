@@ -8,7 +8,9 @@ from typing import Any
 
 import yaml
 
-__all__ = ["PotentialFileError", "potential_info", "set_reference_energies", "yace_elements"]
+from aiida_autopipec.learning.baseline import pair_key
+
+__all__ = ["PotentialFileError", "potential_info", "set_reference_energies", "set_repulsion_cutoffs", "yace_elements"]
 
 _YACE_E0 = re.compile(r"^E0: \[[^\]\n]*\]$", re.MULTILINE)
 _YACE_ELEMENTS = re.compile(r"^elements: \[([^\]\n]*)\]$", re.MULTILINE)
@@ -63,3 +65,18 @@ def set_reference_energies(yace: str, reference_energies: Mapping[str, float]) -
         raise PotentialFileError("not a .yace potential: no 'E0: [...]' line")
     values = ", ".join(repr(float(reference_energies[element])) for element in elements)
     return _YACE_E0.sub(f"E0: [{values}]", yace, count=1)
+
+
+def set_repulsion_cutoffs(bbasis_yaml: str, pair_cutoffs: Mapping[str, tuple[float, float]]) -> str:
+    """The B-basis with Pacemaker's ZBL core moved to ``pair_cutoffs`` (``'Al-Cu'``: ``(inner, outer)``, Å) for
+    the pairs named; only blocks that have the core (``inner_cutoff_type: zbl``) change, coefficients stay."""
+    content = yaml.safe_load(bbasis_yaml)
+    if not isinstance(content, dict) or not isinstance(content.get("species"), list):
+        raise PotentialFileError("not a B-basis potential: no 'species' blocks")
+    for block in content["species"]:
+        species = str(block.get("speciesblock", "")).split()
+        key = pair_key(species[0], species[-1]) if species else ""
+        if key in pair_cutoffs and block.get("inner_cutoff_type") == "zbl":
+            inner, outer = (float(value) for value in pair_cutoffs[key])
+            block["r_in"], block["delta_in"] = outer, round(outer - inner, 6)
+    return yaml.safe_dump(content, sort_keys=False, default_flow_style=None, width=1_000_000)

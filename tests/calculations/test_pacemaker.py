@@ -183,6 +183,33 @@ def test_restart_potential_continues_from_a_bare_yaml(generate_calc_job, inputs)
         assert json.loads((folder / name).read_text()) == content
 
 
+def test_warm_start_lowers_only_the_cores_the_new_data_reach_into(generate_calc_job, inputs):
+    """Cutoffs of the continued potential are kept unless the new data come closer (then the rule's)."""
+    from aiida_autopipec.data import PotentialData
+
+    fresh, _ = generate_calc_job("autopipec.pacemaker", inputs)
+    rule = json.loads((fresh / files.EVALUATION_INPUT).read_text())["pair_cutoffs"]
+    kept = {"Al-Al": [rule["Al-Al"][0] + 0.3, rule["Al-Al"][1] + 0.3], "Al-Cu": [1.0, 1.2], "Cu-Cu": [1.0, 1.2]}
+    inputs["initial_potential"] = PotentialData(
+        yace=_recorded("success_core_repulsion", files.OUTPUT_POTENTIAL_YACE),
+        yaml=_recorded("success_core_repulsion", files.OUTPUT_POTENTIAL_YAML),
+        short_range={"mode": "core_repulsion", "pair_cutoffs": kept},
+    )
+    folder, _ = generate_calc_job("autopipec.pacemaker", inputs)
+    cutoffs = json.loads((folder / files.EVALUATION_INPUT).read_text())["pair_cutoffs"]
+    assert cutoffs == {"Al-Al": rule["Al-Al"], "Al-Cu": [1.0, 1.2], "Cu-Cu": [1.0, 1.2]}
+    recorded = {
+        block["speciesblock"]: block
+        for block in yaml.safe_load(_recorded("success_core_repulsion", files.OUTPUT_POTENTIAL_YAML))["species"]
+    }
+    for block in yaml.safe_load((folder / files.INITIAL_POTENTIAL).read_text())["species"]:
+        if block["speciesblock"] == "Al":
+            assert block["r_in"] == rule["Al-Al"][1]
+            assert block["delta_in"] == pytest.approx(rule["Al-Al"][1] - rule["Al-Al"][0])
+        else:  # untouched, coefficients included
+            assert block == recorded[block["speciesblock"]]
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

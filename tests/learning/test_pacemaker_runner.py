@@ -53,3 +53,42 @@ def test_bad_data_rejected_before_pacemaker_runs(tmp_path, emt_structures):
     with pytest.raises(DatasetError, match=r"\['Ni'\]"):
         PacemakerRunner(PacemakerConfigGenerator(CONFIG), tmp_path).train([*emt_structures[:3], foreign])
     assert not (tmp_path / files.INPUT_YAML).exists()
+
+
+def test_warm_start_lowers_the_repulsive_core_where_new_data_come_closer(tmp_path):
+    """Active learning adds structures with shorter distances than the first fit saw. Keeping the first fit's core
+    would put those distances inside it, where the delivered model is repulsive ZBL, not the fitted data (Pacemaker,
+    reporting errors without the core, would not show it). The warm start moves the core below the new data."""
+    from aiida_autopipec.learning.baseline import shortest_pair_distances
+    from aiida_autopipec.learning.reference_data import emt_dataset
+
+    config = SystemConfig(
+        elements=["Al", "Cu"],
+        training={"cutoff": 4.5, "maxiter": 40, "number_of_functions_per_element": 8, "device": "cpu"},
+    )
+    mild = emt_dataset(12, seed=3, rattle=0.02)
+    strong = emt_dataset(8, seed=4, rattle=0.25)  # pairs come much closer
+    first = PacemakerRunner(PacemakerConfigGenerator(config), tmp_path / "first")
+    first.train(mild)
+    kept = first.evaluation_settings["pair_cutoffs"]
+    second = PacemakerRunner(PacemakerConfigGenerator(config), tmp_path / "second")
+    second.train(
+        mild + strong,
+        initial_potential=first.work_dir / files.OUTPUT_POTENTIAL_YAML,
+        initial_reference_energies=first.reference_energies,
+        initial_zbl_params=kept,
+    )
+    shortest = shortest_pair_distances(mild + strong, config.elements)
+    now = second.evaluation_settings["pair_cutoffs"]
+    for pair, (inner, outer) in now.items():
+        assert outer < shortest[pair] and inner <= outer  # no training distance inside the core
+    lowered = [pair for pair in now if now[pair][1] < kept[pair][1]]
+    assert lowered, (kept, now)
+    basis = yaml.safe_load((second.work_dir / files.INITIAL_POTENTIAL).read_text())
+    for block in basis["species"]:
+        species = block["speciesblock"].split()
+        pair = "-".join(sorted([species[0], species[-1]]))
+        assert block["r_in"] == pytest.approx(now[pair][1])
+    # The delivered model (core included) fits the training data as well as Pacemaker says.
+    metrics = second.metrics()
+    assert metrics.train.rmse_forces <= 1.2 * metrics.pacemaker_reported["train"]["rmse_forces"]
