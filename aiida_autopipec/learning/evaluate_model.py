@@ -80,26 +80,33 @@ def errors(calculator, frame) -> dict[str, float] | None:
 
 
 def dimer_curves(calculator, elements: list[str], cutoff: float, baseline: dict | None) -> dict[str, dict[str, Any]]:
-    """Energy (relative to separated atoms, eV) and force on the second atom along the bond (eV/Å, > 0 repulsive)."""
+    """Energy (relative to separated atoms, eV) and force on the second atom along the bond (eV/Å, > 0 repulsive).
+
+    All distances of a pair are evaluated in one call: the dimers sit side by side, farther apart than the cutoff,
+    and each one's energy is the sum of its two atomic energies (~20x faster than one call per distance).
+    """
     from ase import Atoms
 
     distances = np.arange(DIMER_MIN_DISTANCE, cutoff + 1e-9, DIMER_STEP)
+    count, spacing = len(distances), float(distances.max()) + cutoff + 1.0  # neighbouring dimers never interact
+    positions = np.zeros((2 * count + 2, 3))
+    positions[0 : 2 * count : 2, 0] = np.arange(count) * spacing
+    positions[1 : 2 * count : 2, 0] = np.arange(count) * spacing + distances
+    positions[2 * count :, 0] = [count * spacing, count * spacing + cutoff + 5.0]  # the separated pair
     curves = {}
     for i, first in enumerate(elements):
         for second in elements[i:]:
-            energies, forces = [], []
-            for r in distances:
-                dimer = Atoms([first, second], positions=[[0, 0, 0], [r, 0, 0]], cell=[40, 40, 40], pbc=False)
-                dimer.calc = calculator
-                energies.append(dimer.get_potential_energy())
-                forces.append(dimer.get_forces()[1, 0])
-            far = Atoms([first, second], positions=[[0, 0, 0], [cutoff + 5.0, 0, 0]], cell=[40, 40, 40], pbc=False)
-            far.calc = calculator
+            dimers = Atoms([first, second] * (count + 1), positions=positions, pbc=False)
+            dimers.calc = calculator
+            atomic = dimers.get_potential_energies()
+            forces = dimers.get_forces()
+            separated = atomic[2 * count] + atomic[2 * count + 1]
+            energies = atomic[0 : 2 * count : 2] + atomic[1 : 2 * count : 2] - separated
             baseline_energy, baseline_derivative = baseline_pair_energy(baseline, first, second, distances)
             curves[_pair_key(first, second)] = {
                 "r": distances.tolist(),
-                "energy": (np.asarray(energies) - far.get_potential_energy() + baseline_energy).tolist(),
-                "force": (np.asarray(forces) - baseline_derivative).tolist(),
+                "energy": (energies + baseline_energy).tolist(),
+                "force": (forces[1 : 2 * count : 2, 0] - baseline_derivative).tolist(),
             }
     return curves
 

@@ -53,3 +53,26 @@ def test_broken_basis_leaves_no_yace_and_says_why(job_folder):
     assert not (folder / files.OUTPUT_POTENTIAL_YACE).exists() and not (folder / "evaluation.json").exists()
     log = (folder / "c.log").read_text()
     assert "converting output_potential.yaml to output_potential.yace failed" in log and "Traceback" in log
+
+
+def test_dimer_curves_in_one_call_equal_one_dimer_at_a_time():
+    """The batched scan gives what an isolated dimer gives (energy relative to separated atoms, force on atom 2)."""
+    import numpy as np
+    from ase import Atoms
+    from pyace import PyACECalculator
+
+    calculator = PyACECalculator(str(RECORDED / files.OUTPUT_POTENTIAL_YACE))
+    curves = evaluate_model.dimer_curves(calculator, ["Al", "Cu"], 4.5, None)
+    assert set(curves) == {"Al-Al", "Al-Cu", "Cu-Cu"}
+    for pair, curve in curves.items():
+        first, second = pair.split("-")
+        separated = Atoms([first, second], positions=[[0, 0, 0], [9.5, 0, 0]], pbc=False)
+        separated.calc = calculator
+        for index in (0, 70, 200, len(curve["r"]) - 1):
+            r = curve["r"][index]
+            dimer = Atoms([first, second], positions=[[0, 0, 0], [r, 0, 0]], pbc=False)
+            dimer.calc = calculator
+            expected = dimer.get_potential_energy() - separated.get_potential_energy()
+            assert curve["energy"][index] == pytest.approx(expected, rel=1e-8, abs=1e-9)
+            assert curve["force"][index] == pytest.approx(dimer.get_forces()[1, 0], rel=1e-8, abs=1e-8)
+        assert np.all(np.diff(curve["r"]) > 0)
