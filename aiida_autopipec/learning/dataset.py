@@ -140,6 +140,8 @@ class StructureArrays:
     labelled: bool = True  # False: energies and forces are all NaN
 
     FIELDS = ("numbers", "positions", "forces", "natoms", "cells", "pbc", "energies")
+    #: Fields that hold labels: not written for unlabelled sets.
+    LABEL_FIELDS = ("forces", "energies")
     #: Array written to ``.npz`` only for unlabelled sets (a file without it is labelled, as older files are).
     LABELLED_KEY = "labelled"
 
@@ -496,30 +498,37 @@ class StructureArrays:
     # -- safe file format ---------------------------------------------------------------------------------
     def save_npz(self, handle: IO[bytes] | str | os.PathLike) -> None:
         """Uncompressed, with 1-byte atomic numbers: positions and forces barely compress (~20 % at zlib's cost of
-        ~0.1 s per 1000 structures of 64 atoms), and the numbers were the compressible part."""
+        ~0.1 s per 1000 structures of 64 atoms), and the numbers were the compressible part. Unlabelled sets
+        leave out their all-NaN energies and forces."""
         arrays = {name: getattr(self, name) for name in self.FIELDS}
         arrays["numbers"] = self.numbers.astype(np.uint8)  # 1..118, checked by validate()
         if not self.labelled:  # labelled files keep exactly the layout they always had
             arrays[self.LABELLED_KEY] = np.array(False)
+            for name in self.LABEL_FIELDS:
+                del arrays[name]
         np.savez(handle, **arrays)
 
     @classmethod
     def load_npz(cls, handle: IO[bytes] | str | os.PathLike) -> StructureArrays:
         """Load without pickle (``allow_pickle=False``): a stored file can never execute code."""
         with np.load(handle, allow_pickle=False) as data:
-            missing = [name for name in cls.FIELDS if name not in data.files]
-            if missing:
-                raise DatasetError(f"not a structure archive: arrays {missing} are missing")
             labelled = True
             if cls.LABELLED_KEY in data.files:
                 flag = data[cls.LABELLED_KEY]
                 if flag.dtype != bool or flag.shape != ():
                     raise DatasetError(f"'{cls.LABELLED_KEY}' must be a boolean scalar, got {flag.dtype} {flag.shape}")
                 labelled = bool(flag)
-            fields = {name: data[name] for name in cls.FIELDS}
+            needed = cls.FIELDS if labelled else tuple(name for name in cls.FIELDS if name not in cls.LABEL_FIELDS)
+            missing = [name for name in needed if name not in data.files]
+            if missing:
+                raise DatasetError(f"not a structure archive: arrays {missing} are missing")
+            fields = {name: data[name] for name in needed}
             if fields["numbers"].dtype.kind not in "iu":
                 raise DatasetError(f"numbers: expected integers, got {fields['numbers'].dtype}")
             fields["numbers"] = fields["numbers"].astype(np.int64)  # stored as uint8 (older files: int64)
+            if not labelled:  # older unlabelled files carry NaN arrays, newer ones none: the same set either way
+                fields["energies"] = np.full(len(fields["natoms"]), np.nan)
+                fields["forces"] = np.full((len(fields["numbers"]), 3), np.nan)
             return cls(**fields, labelled=labelled)
 
 

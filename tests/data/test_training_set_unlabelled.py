@@ -55,10 +55,11 @@ def test_unlabelled_round_trip_keeps_the_flag(bare):
     structures = loaded.to_ase()
     assert all(atoms.calc is None for atoms in structures)
     _same_geometry(structures, bare)
-    # The shard is the usual safe .npz, with the flag as a boolean array.
+    # The shard is the usual safe .npz, with the flag as a boolean array and without the all-NaN labels.
     shard = loaded.base.attributes.get("shards")[0]["file"]
     with np.load(io.BytesIO(loaded.base.repository.get_object_content(shard, mode="rb")), allow_pickle=False) as data:
-        assert sorted(data.files) == sorted([*StructureArrays.FIELDS, "labelled"])
+        geometry = [name for name in StructureArrays.FIELDS if name not in StructureArrays.LABEL_FIELDS]
+        assert sorted(data.files) == sorted([*geometry, "labelled"])
 
 
 def test_labelled_sets_record_the_flag(labelled):

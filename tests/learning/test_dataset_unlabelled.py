@@ -214,3 +214,19 @@ def test_unlabelled_data_cannot_be_fitted(bare, tmp_path):
     assert not (tmp_path / "data.pckl.gzip").exists()
     with pytest.raises(DatasetError, match=r"unlabelled .*reference energies cannot be fitted"):
         fit_reference_energies(arrays, ["Al", "Cu"])
+
+
+def test_unlabelled_file_leaves_out_the_nan_labels_and_older_files_still_load(bare, tmp_path):
+    arrays = StructureArrays.from_atoms(bare, labelled=False)
+    arrays.save_npz(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz") as data:
+        assert "forces" not in data.files and "energies" not in data.files
+    older = {name: getattr(arrays, name) for name in StructureArrays.FIELDS}  # NaN arrays written out
+    np.savez_compressed(tmp_path / "old.npz", **older, labelled=np.array(False))
+    for name in ("new.npz", "old.npz"):
+        loaded = StructureArrays.load_npz(tmp_path / name)
+        assert not loaded.labelled and np.isnan(loaded.forces).all() and np.isnan(loaded.energies).all()
+        assert loaded.forces.shape == arrays.forces.shape and np.array_equal(loaded.positions, arrays.positions)
+    np.savez(tmp_path / "labelled_without_forces.npz", **{k: v for k, v in older.items() if k != "forces"})
+    with pytest.raises(DatasetError, match=r"arrays \['forces'\] are missing"):
+        StructureArrays.load_npz(tmp_path / "labelled_without_forces.npz")
