@@ -15,6 +15,7 @@ import numbers
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from aiida import orm
 from aiida.common import datastructures
 from aiida.engine import CalcJob
@@ -22,8 +23,16 @@ from aiida.engine import CalcJob
 from aiida_autopipec.calculations.common import serial_job_defaults
 from aiida_autopipec.data import PotentialData, TrainingSetData
 from aiida_autopipec.learning import select_structures
+from aiida_autopipec.learning.potential import potential_info
 
-__all__ = ["DEFAULTS", "SelectionCalculation", "available_candidates", "validate_exclude", "validate_parameters"]
+__all__ = [
+    "DEFAULTS",
+    "SelectionCalculation",
+    "atoms_per_element",
+    "available_candidates",
+    "validate_exclude",
+    "validate_parameters",
+]
 
 #: Files in the working folder.
 SCRIPT = "select_structures.py"
@@ -81,6 +90,11 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
         if elements is not None and not set(training_set.elements) <= elements:
             foreign = sorted(set(training_set.elements) - elements)
             return f"training_set: element(s) {foreign} are not in the potential's elements {sorted(elements)}"
+        if isinstance(potential, PotentialData):
+            functions = potential_info(potential.get_yaml())["functions_per_element"]
+            problem = select_structures.active_set_shortfall(atoms_per_element(training_set), functions)
+            if problem:
+                return f"training_set: {problem}"
     exclude = inputs.get("exclude")
     if isinstance(exclude, orm.List) and isinstance(candidates, TrainingSetData):
         problem = validate_exclude(exclude.get_list(), candidates.num_structures)
@@ -90,6 +104,14 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
     if parameters is not None:
         return validate_parameters(parameters.get_dict())
     return None
+
+
+def atoms_per_element(training_set: TrainingSetData) -> dict[str, int]:
+    """Number of atoms of each element in all structures of the set."""
+    from ase.data import chemical_symbols
+
+    numbers, counts = np.unique(training_set.get_arrays().numbers, return_counts=True)
+    return {chemical_symbols[number]: int(count) for number, count in zip(numbers, counts, strict=True)}
 
 
 def validate_exclude(exclude: list, num_candidates: int) -> str | None:

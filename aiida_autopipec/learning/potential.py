@@ -21,7 +21,8 @@ class PotentialFileError(ValueError):
 
 
 def potential_info(bbasis_yaml: str) -> dict[str, Any]:
-    """Elements, cutoff (Å, largest ``rcutij``) and number of basis functions of a B-basis ``.yaml``."""
+    """Elements, cutoff (Å, largest ``rcutij``) and number of basis functions (in all, and per central element) of
+    a B-basis ``.yaml``."""
     try:
         content = yaml.safe_load(bbasis_yaml)
     except yaml.YAMLError as exc:
@@ -31,17 +32,23 @@ def potential_info(bbasis_yaml: str) -> dict[str, Any]:
         raise PotentialFileError("not a B-basis potential: no 'species' blocks")
     elements: list[str] = []
     cutoffs: list[float] = []
-    num_functions = 0
+    per_element: dict[str, int] = {}
     for block in blocks:
         species = str(block.get("speciesblock", "")).split()
         if len(species) == 1:
             elements.append(species[0])
         if "rcutij" in block:
             cutoffs.append(float(block["rcutij"]))
-        num_functions += len(block.get("nbody", []))
+        if species:  # functions of a block belong to its central (first) element
+            per_element[species[0]] = per_element.get(species[0], 0) + len(block.get("nbody", []))
     if not elements or not cutoffs:
         raise PotentialFileError("not a B-basis potential: no element blocks or no cutoff")
-    return {"elements": elements, "cutoff": max(cutoffs), "num_functions": num_functions}
+    return {
+        "elements": elements,
+        "cutoff": max(cutoffs),
+        "num_functions": sum(per_element.values()),
+        "functions_per_element": per_element,
+    }
 
 
 def yace_elements(yace: str) -> list[str]:

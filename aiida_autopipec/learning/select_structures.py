@@ -70,6 +70,28 @@ def _message(exc: BaseException) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
 
 
+def active_set_shortfall(atoms_per_element: dict, functions_per_element: dict) -> str | None:
+    """Why no active set can be built, or None: ``pace_activeset`` needs, per element, at least as many atoms in
+    the training structures as the potential has basis functions for that element (else the system is
+    under-determined and it fails)."""
+    short = {
+        element: (int(atoms_per_element.get(element, 0)), int(functions))
+        for element, functions in functions_per_element.items()
+        if int(atoms_per_element.get(element, 0)) < int(functions)
+    }
+    if not short:
+        return None
+    details = ", ".join(
+        f"{element}: {atoms} atoms < {functions} functions" for element, (atoms, functions) in short.items()
+    )
+    fewest = min(int(atoms_per_element.get(element, 0)) for element in functions_per_element)
+    return (
+        f"the active set for γ needs at least as many atoms of each element in the training structures as the "
+        f"potential has basis functions for it ({details}); start from more structures, or fit with "
+        f"number_of_functions_per_element <= {fewest}"
+    )
+
+
 def write_structures(path, numbers, positions, natoms, cells, pbc, energies=None, forces=None) -> None:
     """Write a structures file this script reads (used by the CalcJob; plain numpy arrays, no pickle)."""
     arrays = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, append_, if_, while_
 from aiida.plugins import CalculationFactory
@@ -15,10 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from aiida_autopipec.calculations.ase_label import check_importable_here, validate_calculator
 from aiida_autopipec.calculations.common import limit_label_length
+from aiida_autopipec.calculations.pacemaker import system_config_from_inputs
 from aiida_autopipec.calculations.pacemaker import validate_inputs as validate_fit_inputs
+from aiida_autopipec.calculations.select import atoms_per_element
 from aiida_autopipec.data import PotentialData, TrainingSetData
+from aiida_autopipec.learning.config_gen import ConfigError, PacemakerConfigGenerator
+from aiida_autopipec.learning.potential import potential_info
+from aiida_autopipec.learning.select_structures import active_set_shortfall
 from aiida_autopipec.workflows.base import PacemakerBaseWorkChain
-from aiida_autopipec.workflows.functions import merge_new_structures, split_held_out
+from aiida_autopipec.workflows.functions import held_out_indices, merge_new_structures, split_held_out
 from aiida_autopipec.workflows.labeling import (
     FAILURES_OUTPUT,
     LABELLED_OUTPUT,
@@ -93,6 +99,10 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
         foreign = sorted(set(inputs["candidates"].elements) - set(covered))
         if foreign:
             return f"candidates: contain element(s) {foreign} that the potential will not cover ({covered})"
+        convergence = ConvergenceConfig(**(inputs["convergence"].get_dict() if "convergence" in inputs else {}))
+        problem = check_active_set_size(inputs, convergence)
+        if problem:
+            return problem
         if "workflow" not in inputs["labeling"]:  # the ASE labeller (a labelling workflow checks its own inputs)
             calculator = inputs["labeling"]["calculator"].get_dict()
             problem = validate_calculator(calculator) or check_importable_here(
@@ -101,6 +111,27 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
             if problem:
                 return f"labeling.{problem}"
     return None
+
+
+def check_active_set_size(inputs: dict, convergence: ConvergenceConfig) -> str | None:
+    """γ selection builds an active set per element from the first fit's training structures: they need at least as
+    many atoms of each element as the potential will have functions per element."""
+    parameters = inputs["parameters"].get_dict() if "parameters" in inputs else {}
+    training = inputs["training_set"].get_arrays()
+    if "test_set" not in inputs:  # the part the first fit trains on
+        _, rest = held_out_indices(training.num_structures, convergence.test_fraction, convergence.seed)
+        training = training.take(rest)
+    config = system_config_from_inputs(parameters, inputs["training_set"], inputs.get("test_set"))
+    try:
+        functions = PacemakerConfigGenerator(config).functions_per_element(training.num_structures, training.num_atoms)
+    except ConfigError:  # reported by the fit's own checks
+        return None
+    atoms = dict(zip(*np.unique(training.numbers, return_counts=True), strict=True))
+    from ase.data import atomic_numbers
+
+    counts = {element: int(atoms.get(atomic_numbers[element], 0)) for element in config.elements}
+    problem = active_set_shortfall(counts, dict.fromkeys(config.elements, functions))
+    return f"training_set: {problem}" if problem else None
 
 
 def validate_selection_and_labeling(inputs: dict) -> str | None:
@@ -346,9 +377,14 @@ class ActiveLearningWorkChain(WorkChain):
 
     def select(self):
         convergence = self.ctx.convergence
+        potential = self.ctx.fits[-1].outputs.potential
+        functions = potential_info(potential.get_yaml())["functions_per_element"]
+        problem = active_set_shortfall(atoms_per_element(self.ctx.training_set), functions)
+        if problem:  # checked up front for the first fit; a basis given otherwise could still be too large
+            return self.exit_codes.ERROR_SELECTION_FAILED.format(iteration=self.ctx.iteration, message=problem)
         inputs = {
             "code": self.inputs.selection.code,
-            "potential": self.ctx.fits[-1].outputs.potential,
+            "potential": potential,
             "training_set": self.ctx.training_set,
             "candidates": self.ctx.pool,
             "parameters": orm.Dict(

@@ -9,7 +9,7 @@ from aiida.engine import calcfunction
 from aiida_autopipec.data import TrainingSetData
 from aiida_autopipec.learning.dataset import DatasetError, StructureArrays
 
-__all__ = ["merge_new_structures", "new_structure_indices", "split_held_out"]
+__all__ = ["held_out_indices", "merge_new_structures", "new_structure_indices", "split_held_out"]
 
 #: Two structures are the same when numbers and pbc agree and cells and positions agree to this tolerance (Å).
 DUPLICATE_TOLERANCE = 1e-6
@@ -51,15 +51,20 @@ def new_structure_indices(known: StructureArrays, new: StructureArrays, toleranc
     return keep
 
 
+def held_out_indices(num_structures: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices held out (``fraction`` of the structures, at least one) and kept for training, deterministically."""
+    count = max(1, round(num_structures * fraction))
+    if count >= num_structures:
+        raise DatasetError(f"cannot hold out {count} of {num_structures} structures and still train")
+    order = np.random.default_rng(seed).permutation(num_structures)
+    return sorted(order[:count].tolist()), sorted(order[count:].tolist())
+
+
 @calcfunction
 def split_held_out(training_set: TrainingSetData, fraction: orm.Float, seed: orm.Int) -> dict:
     """Carve a fixed held-out set (``fraction`` of the structures, at least one) deterministically from the data."""
     arrays = training_set.get_arrays()
-    count = max(1, round(arrays.num_structures * fraction.value))
-    if count >= arrays.num_structures:
-        raise DatasetError(f"cannot hold out {count} of {arrays.num_structures} structures and still train")
-    order = np.random.default_rng(seed.value).permutation(arrays.num_structures)
-    held_out, rest = sorted(order[:count].tolist()), sorted(order[count:].tolist())
+    held_out, rest = held_out_indices(arrays.num_structures, fraction.value, seed.value)
     return {
         "training_set": TrainingSetData(arrays=arrays.take(rest)),
         "test_set": TrainingSetData(arrays=arrays.take(held_out)),

@@ -351,8 +351,10 @@ def test_bad_structure_sets_rejected_before_anything_is_stored(
 
     good = TrainingSetData.from_ase(candidate_structures[:1], labelled=False)
     nickel = TrainingSetData.from_ase([bulk("Ni", "fcc", a=3.52, cubic=True)], labelled=False)
+    one = TrainingSetData.from_ase(training_set.to_ase()[:1])  # 8 atoms: fewer than 6 functions of an element
     cases = [
         (dict(candidates=TrainingSetData()), "candidates: the set is empty"),
+        (dict(training_set=one), r"training_set: the active set for γ needs at least as many atoms"),
         (dict(candidates=nickel), r"candidates: element\(s\) \['Ni'\] are not in"),
         (dict(candidates=good, training_set=training_set.without_labels()), "training_set: must be the labelled"),
     ]

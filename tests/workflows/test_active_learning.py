@@ -88,6 +88,8 @@ def test_pool_is_stored_once_and_used_up_then_the_loop_ends_with_the_best_potent
         ({"convergence": {"max_new_structurs": 3}}, "max_new_structurs"),
         ({"labeling": {}}, "labeling.code"),
         ({"unlabelled_training": True}, "unlabelled"),
+        # 4 structures of 8 atoms (~16 per element) cannot give an active set for 24 functions per element.
+        ({"parameters": {"number_of_functions_per_element": 24}}, r"active set for γ needs .*functions"),
     ],
 )
 def test_bad_inputs_rejected_before_anything_is_stored(loop_inputs, change, message):
@@ -96,6 +98,8 @@ def test_bad_inputs_rejected_before_anything_is_stored(loop_inputs, change, mess
         inputs["convergence"] = orm.Dict(change["convergence"])
     if "labeling" in change:
         inputs["labeling"] = change["labeling"]
+    if "parameters" in change:
+        inputs["parameters"] = orm.Dict({**loop_inputs["parameters"].get_dict(), **change["parameters"]})
     if "unlabelled_training" in change:
         inputs["training_set"] = TrainingSetData.from_ase(emt_dataset(3, seed=1, labelled=False), labelled=False)
     nodes_before = orm.QueryBuilder().append(orm.Node).count()
