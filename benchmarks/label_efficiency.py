@@ -37,7 +37,7 @@ SETTINGS = {
     },
     "full": {  # ~40 min on 2 cores: 3 seeds x 2 arms x 6 warm-started fits
         "seeds": [0, 1, 2],
-        "initial": 6,
+        "initial": 10,  # γ needs at least as many atoms per element as functions per element (24)
         "pool": 60,
         "test": 20,
         "new": 6,
@@ -155,6 +155,8 @@ def compare(seed: int, curves: dict[str, list], target: float) -> dict[str, Any]
         entry["ratio"] = round(needed["gamma"] / needed["random"], 4)
     elif needed["gamma"] is not None:  # random never got there: its final size is a lower bound
         entry["ratio_upper_bound"] = round(needed["gamma"] / curves["random"][-1]["labelled"], 4)
+    elif needed["random"] is not None:  # γ never got there: it needs more than its final size
+        entry["ratio_lower_bound"] = round(curves["gamma"][-1]["labelled"] / needed["random"], 4)
     # Independent of the target: accuracy at equal labels (final round of each arm).
     final_gamma, final_random = curves["gamma"][-1], curves["random"][-1]
     entry["final_rmse_ratio"] = round(final_gamma["test_rmse_forces"] / final_random["test_rmse_forces"], 4)
@@ -179,6 +181,15 @@ def summarise(mode: str, settings: dict[str, Any], seeds: list[dict[str, Any]], 
     }
 
 
+def bound(entry: dict[str, Any]) -> str | None:
+    """The ratio's bound when only one arm reached the target: ``<= x`` or ``> x``."""
+    if "ratio_upper_bound" in entry:
+        return f"<= {entry['ratio_upper_bound']}"
+    if "ratio_lower_bound" in entry:
+        return f"> {entry['ratio_lower_bound']}"
+    return None
+
+
 def print_rows(mode: str, result: dict[str, Any]) -> None:
     target, seeds = result["target_rmse_forces"], result["seeds"]
     rows = []
@@ -186,7 +197,7 @@ def print_rows(mode: str, result: dict[str, Any]) -> None:
         for arm, curve in entry["curves"].items():
             points = ", ".join(f"{point['labelled']}:{point['test_rmse_forces']:.3f}" for point in curve)
             rows.append((f"seed {entry['seed']} {arm} (labels:RMSE eV/Å)", points))
-        shown = entry.get("ratio", f"<= {entry['ratio_upper_bound']}" if "ratio_upper_bound" in entry else "n/a")
+        shown = entry.get("ratio", bound(entry) or "n/a")
         rows.append((f"seed {entry['seed']} labels needed γ / random", f"{entry['labels_needed']} -> {shown}"))
         rows.append((f"seed {entry['seed']} final RMSE γ / random", f"{entry['final_rmse_ratio']:.3f}"))
     rows += [
@@ -203,7 +214,14 @@ def merge(paths: list[Path], output: Path) -> dict[str, Any]:
     first = results[0]
     if any(r["mode"] != first["mode"] or r["target_rmse_forces"] != first["target_rmse_forces"] for r in results):
         raise ValueError("results of different modes or targets cannot be joined")
-    seeds = sorted((seed for result in results for seed in result["seeds"]), key=lambda entry: entry["seed"])
+    seeds = sorted(
+        (
+            compare(seed["seed"], seed["curves"], first["target_rmse_forces"])  # summarised again, with this code
+            for result in results
+            for seed in result["seeds"]
+        ),
+        key=lambda entry: entry["seed"],
+    )
     settings = {**first["settings"], "seeds": [entry["seed"] for entry in seeds]}
     merged = summarise(first["mode"], settings, seeds, first["load_average"]["before"])
     loads = [result["load_average"] for result in results]

@@ -84,6 +84,13 @@ def storage(result: dict) -> list[tuple[str, object]]:
         ("ratio repository + database / final set", f"{result['ratio_with_database']:.2f}"),
         ("ratio training-set shards / final set", f"**{result['ratio_training_data']:.2f}**"),
     ]
+    if "ratio_without_pool_and_test_set" in result:
+        pool, test = (result["input_bytes"][name] / 1024 for name in ("candidates", "test_set"))
+        rows += [
+            ("ratio without the pool and test set (stored once)", f"{result['ratio_without_pool_and_test_set']:.2f}"),
+            ("  pool / test set", f"{pool:.1f} KiB / {test:.1f} KiB"),
+            ("  the run's own files per iteration", f"{result['run_bytes_per_iteration'] / 1024:.1f} KiB"),
+        ]
     for name, entry in sorted(result["unique_bytes_by_node_type"].items(), key=lambda item: -item[1]["bytes"]):
         rows.append((f"  {name} ({entry['nodes']} nodes)", f"{entry['bytes'] / 1024:.1f} KiB"))
     return rows
@@ -95,8 +102,9 @@ def label_efficiency(result: dict) -> list[tuple[str, object]]:
         for arm, curve in seed["curves"].items():
             points = ", ".join(f"{p['labelled']}: {p['test_rmse_forces']:.3f}" for p in curve)
             rows.append((f"seed {seed['seed']} {arm} (labels: RMSE eV/Å)", points))
-        shown = seed.get(
-            "ratio", f"≤ {seed['ratio_upper_bound']}" if "ratio_upper_bound" in seed else "target not reached"
+        bounds = {"ratio_upper_bound": "≤", "ratio_lower_bound": ">"}
+        shown = seed.get("ratio") or next(
+            (f"{sign} {seed[key]}" for key, sign in bounds.items() if key in seed), "target not reached"
         )
         rows.append(
             (
