@@ -24,6 +24,14 @@ def orchestration(result: dict) -> list[tuple[str, object]]:
         ("dataset", f"{result['dataset']['structures']} structures × {result['dataset']['atoms_per_structure']} atoms"),
         ("bare `pacemaker input.yaml` (median / min)", f"{bare['median']:.2f} s / {bare['min']:.2f} s"),
     ]
+    if "bare_pacemaker_verbose_tf_s" in result:
+        verbose = result["bare_pacemaker_verbose_tf_s"]
+        rows.append(
+            (
+                "bare `pacemaker --verbose-tf input.yaml` (median / min)",
+                f"{verbose['median']:.2f} s / {verbose['min']:.2f} s",
+            )
+        )
     for label, variant in result["variants"].items():
         rows += [
             (
