@@ -128,6 +128,11 @@ def label_efficiency(result: dict) -> list[tuple[str, object]]:
         )
     )
     rows.append(("median final RMSE ratio γ / random", f"{result['final_rmse_ratio_median']:.3f}"))
+    for target, entry in result.get("other_targets", {}).items():
+        needed = "; ".join(f"{n['gamma']} / {n['random']}" for n in entry["labels_needed"])
+        median = "n/a" if entry["ratio_median"] is None else f"{entry['ratio_median']:.3f}"
+        bounds = f", bounds {', '.join(entry['bounds'])}" if entry["bounds"] else ""
+        rows.append((f"at {target} eV/Å: labels γ / random per seed", f"{needed} → median {median}{bounds}"))
     return rows
 
 
