@@ -175,7 +175,7 @@ def at_targets(seeds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         ratios = [entry["ratio"] for entry in per_seed if "ratio" in entry]
         table[str(target)] = {
             "labels_needed": [entry["labels_needed"] for entry in per_seed],
-            "bounds": [bound(entry) for entry in per_seed if "ratio" not in entry],
+            "bounds": [text for entry in per_seed if "ratio" not in entry and (text := bound(entry))],
             "ratio_median": statistics.median(ratios) if ratios else None,
             "seeds_reached": len(ratios),
         }
