@@ -15,7 +15,6 @@ import numbers
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from aiida import orm
 from aiida.common import datastructures
 from aiida.engine import CalcJob
@@ -28,7 +27,6 @@ from aiida_autopipec.learning.potential import potential_info
 __all__ = [
     "DEFAULTS",
     "SelectionCalculation",
-    "atoms_per_element",
     "available_candidates",
     "validate_exclude",
     "validate_parameters",
@@ -92,7 +90,8 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
             return f"training_set: element(s) {foreign} are not in the potential's elements {sorted(elements)}"
         if isinstance(potential, PotentialData):
             functions = potential_info(potential.get_yaml())["functions_per_element"]
-            problem = select_structures.active_set_shortfall(atoms_per_element(training_set), functions)
+            atoms = training_set.get_arrays().atoms_per_element()
+            problem = select_structures.active_set_shortfall(atoms, functions)
             if problem:
                 return f"training_set: {problem}"
     exclude = inputs.get("exclude")
@@ -104,14 +103,6 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
     if parameters is not None:
         return validate_parameters(parameters.get_dict())
     return None
-
-
-def atoms_per_element(training_set: TrainingSetData) -> dict[str, int]:
-    """Number of atoms of each element in all structures of the set."""
-    from ase.data import chemical_symbols
-
-    numbers, counts = np.unique(training_set.get_arrays().numbers, return_counts=True)
-    return {chemical_symbols[number]: int(count) for number, count in zip(numbers, counts, strict=True)}
 
 
 def validate_exclude(exclude: list, num_candidates: int) -> str | None:

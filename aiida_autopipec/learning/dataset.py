@@ -461,6 +461,13 @@ class StructureArrays:
 
         return sorted({chemical_symbols[z] for z in np.unique(self.numbers)})
 
+    def atoms_per_element(self) -> dict[str, int]:
+        """Number of atoms of each element, over all structures."""
+        from ase.data import chemical_symbols
+
+        numbers, counts = np.unique(self.numbers, return_counts=True)
+        return {chemical_symbols[number]: int(count) for number, count in zip(numbers, counts, strict=True)}
+
     def composition_matrix(self, elements: Sequence[str]) -> np.ndarray:
         """(n_structures, n_elements) counts of each element per structure."""
         from ase.data import atomic_numbers

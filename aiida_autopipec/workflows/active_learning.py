@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import numpy as np
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, append_, if_, while_
 from aiida.plugins import CalculationFactory
@@ -18,7 +17,6 @@ from aiida_autopipec.calculations.ase_label import check_importable_here, valida
 from aiida_autopipec.calculations.common import limit_label_length
 from aiida_autopipec.calculations.pacemaker import system_config_from_inputs
 from aiida_autopipec.calculations.pacemaker import validate_inputs as validate_fit_inputs
-from aiida_autopipec.calculations.select import atoms_per_element
 from aiida_autopipec.data import PotentialData, TrainingSetData
 from aiida_autopipec.learning.config_gen import ConfigError, PacemakerConfigGenerator
 from aiida_autopipec.learning.potential import potential_info
@@ -126,11 +124,7 @@ def check_active_set_size(inputs: dict, convergence: ConvergenceConfig) -> str |
         functions = PacemakerConfigGenerator(config).functions_per_element(training.num_structures, training.num_atoms)
     except ConfigError:  # reported by the fit's own checks
         return None
-    atoms = dict(zip(*np.unique(training.numbers, return_counts=True), strict=True))
-    from ase.data import atomic_numbers
-
-    counts = {element: int(atoms.get(atomic_numbers[element], 0)) for element in config.elements}
-    problem = active_set_shortfall(counts, dict.fromkeys(config.elements, functions))
+    problem = active_set_shortfall(training.atoms_per_element(), dict.fromkeys(config.elements, functions))
     return f"training_set: {problem}" if problem else None
 
 
@@ -379,7 +373,7 @@ class ActiveLearningWorkChain(WorkChain):
         convergence = self.ctx.convergence
         potential = self.ctx.fits[-1].outputs.potential
         functions = potential_info(potential.get_yaml())["functions_per_element"]
-        problem = active_set_shortfall(atoms_per_element(self.ctx.training_set), functions)
+        problem = active_set_shortfall(self.ctx.training_set.get_arrays().atoms_per_element(), functions)
         if problem:  # checked up front for the first fit; a basis given otherwise could still be too large
             return self.exit_codes.ERROR_SELECTION_FAILED.format(iteration=self.ctx.iteration, message=problem)
         inputs = {
