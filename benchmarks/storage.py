@@ -8,6 +8,7 @@ else the run keeps (potentials, retrieved files, the candidate pool, job inputs)
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -89,8 +90,14 @@ def python_code(computer):
         ).store()
 
 
+#: Number of initial training structures instead of the mode's (how the ratio falls as the data grow).
+INITIAL_VARIABLE = "AUTOPIPEC_BENCHMARK_STORAGE_INITIAL"
+
+
 def run(mode: str, workdir: Path) -> dict[str, Any]:
-    settings = SETTINGS[mode]
+    settings = dict(SETTINGS[mode])
+    if os.environ.get(INITIAL_VARIABLE):
+        settings["initial"] = int(os.environ[INITIAL_VARIABLE])
     load_benchmark_profile()
     from aiida import orm
     from aiida.engine import run_get_node
