@@ -26,7 +26,8 @@ __all__ = ["PacemakerCalculation", "system_config_from_inputs"]
 #: Keys accepted in the ``settings`` input.
 SETTINGS_KEYS = {
     "pacemaker": "expert overrides deep-merged into Pacemaker's input.yaml (checked against its schema)",
-    "retrieve_predictions": "also retrieve Pacemaker's prediction pickles (several MB)",
+    "retrieve_predictions": "let Pacemaker predict the training and test sets after the fit (by default it does "
+    "not: the evaluation of the delivered model gives its errors) and retrieve its prediction pickles (several MB)",
     "yaml2yace_executable": "run this pace_yaml2yace for the .yace conversion (default: the evaluation's Python "
     "converts with pyace, as pace_yaml2yace does)",
     "python_executable": "Python with pyace on the computer, runs the evaluation (default: next to pacemaker)",
@@ -323,7 +324,8 @@ class PacemakerCalculation(CalcJob):
 
         codeinfo = datastructures.CodeInfo()
         codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.cmdline_params = list(files.PACEMAKER_ARGUMENTS)
+        # Pacemaker's own predictions only when they are kept: the evaluation covers the delivered model's errors.
+        codeinfo.cmdline_params = files.pacemaker_arguments(predictions=bool(settings.get("retrieve_predictions")))
         codeinfo.stdout_name = files.STDOUT
         codeinfo.stderr_name = files.STDERR
 

@@ -10,6 +10,16 @@ INPUT_YAML = "input.yaml"
 #: Pacemaker's command-line arguments: ``--verbose-tf`` keeps TensorFlow's device messages in stderr (which device
 #: ran is read from them, :mod:`~aiida_autopipec.learning.device`), then the input file.
 PACEMAKER_ARGUMENTS = ("--verbose-tf", INPUT_YAML)
+#: Skips Pacemaker's predictions on the training and test sets after the fit: prediction pickles and validation plots
+#: (~2-3 s per fit, matplotlib) that the evaluation of the delivered model (with ZBL) makes redundant.
+NO_PREDICT = "--no-predict"
+
+
+def pacemaker_arguments(predictions: bool = False) -> list[str]:
+    """Pacemaker's command line after the executable; ``predictions`` keeps its prediction pickles and plots."""
+    return [*PACEMAKER_ARGUMENTS[:-1], *([] if predictions else [NO_PREDICT]), PACEMAKER_ARGUMENTS[-1]]
+
+
 #: Training data: pickle of a pandas DataFrame (written only inside a working directory). Uncompressed: Pacemaker
 #: infers the compression from the name, and gzip would cost more time than the ~20 % it saves on float data.
 TRAINING_DATA = "training_data.pckl"
@@ -35,6 +45,7 @@ INTERIM_POTENTIAL = "interim_potential_0.yaml"
 TARGET_POTENTIAL = "target_potential.yaml"
 FITTING_DATA_INFO = "fitting_data_info.pckl.gzip"
 TEST_DATA_INFO = "test_data_info.pckl.gzip"
+#: Written only without ``--no-predict`` (see :func:`pacemaker_arguments`).
 TRAIN_PREDICTIONS = "train_pred.pckl.gzip"
 TEST_PREDICTIONS = "test_pred.pckl.gzip"
 

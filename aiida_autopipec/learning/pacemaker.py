@@ -275,11 +275,14 @@ class PacemakerRunner:
         work_dir: str | os.PathLike,
         executable: str = "pacemaker",
         yaml2yace: str = "pace_yaml2yace",
+        predictions: bool = False,
     ):
         self.config_generator = config_generator
         self.work_dir = Path(work_dir)
         self.executable = executable
         self.yaml2yace = yaml2yace
+        #: Let Pacemaker predict both sets after the fit (prediction pickles and plots in ``work_dir``, ~2-3 s).
+        self.predictions = predictions
         self.reference_energies: dict[str, float] = {}
         self.evaluation_settings: dict[str, Any] = {}
 
@@ -341,8 +344,8 @@ class PacemakerRunner:
             evaluation_subsets=evaluation_subsets,
         )
         script = (
-            f"{shlex.join([self.executable, *files.PACEMAKER_ARGUMENTS])} > {files.STDOUT} 2> {files.STDERR}\n"
-            + post_fit_script(self.yaml2yace)  # evaluated in this process below
+            f"{shlex.join([self.executable, *files.pacemaker_arguments(self.predictions)])} "
+            f"> {files.STDOUT} 2> {files.STDERR}\n" + post_fit_script(self.yaml2yace)  # evaluated in this process below
         )
         subprocess.run(["bash", "-c", script], cwd=self.work_dir, check=False)
         exit_status = int((self.work_dir / files.EXIT_STATUS).read_text().strip() or -1)

@@ -42,7 +42,8 @@ def test_prepare_writes_dataset_input_and_references(generate_calc_job, inputs):
         expected = row["energy"] - sum(references[s] for s in symbols)
         assert row["energy_corrected"] == pytest.approx(expected, abs=1e-9)
 
-    assert calcinfo.codes_info[0].cmdline_params == ["--verbose-tf", files.INPUT_YAML]
+    # No predictions by Pacemaker after the fit: nothing would keep them (the evaluation gives the model's errors).
+    assert calcinfo.codes_info[0].cmdline_params == ["--verbose-tf", "--no-predict", files.INPUT_YAML]
     assert calcinfo.codes_info[0].stderr_name == files.STDERR
     assert set(files.RETRIEVE_LIST) <= set(calcinfo.retrieve_list)
     assert files.TRAIN_PREDICTIONS not in calcinfo.retrieve_list
@@ -115,6 +116,7 @@ def test_prepare_with_test_set_and_settings(generate_calc_job, inputs, emt_test_
     assert config["fit"]["loss"]["kappa"] == 0.7  # the rest of the generated section is kept
     assert len(pd.read_pickle(folder / files.TEST_DATA)) == 8
     assert files.TRAIN_PREDICTIONS in calcinfo.retrieve_list
+    assert calcinfo.codes_info[0].cmdline_params == ["--verbose-tf", files.INPUT_YAML]  # so Pacemaker predicts
 
 
 def test_named_yaml2yace_executable_runs_before_the_evaluation(generate_calc_job, inputs):

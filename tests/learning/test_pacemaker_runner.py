@@ -33,6 +33,14 @@ def test_train_returns_yace_with_reference_energies(tmp_path, emt_structures, em
     metrics = runner.metrics()
     assert metrics.iterations == 10
     assert metrics.test is not None and np.isfinite(metrics.test.rmse_forces)
+    # Pacemaker's own predictions (pickles, plots) are skipped unless asked for.
+    assert not (tmp_path / files.TRAIN_PREDICTIONS).exists() and not (tmp_path / files.TEST_PREDICTIONS).exists()
+
+
+def test_predictions_on_request(tmp_path, emt_structures, emt_test_structures):
+    runner = PacemakerRunner(PacemakerConfigGenerator(CONFIG), tmp_path, predictions=True)
+    runner.train(emt_structures, test_dataset=emt_test_structures)
+    assert (tmp_path / files.TRAIN_PREDICTIONS).is_file() and (tmp_path / files.TEST_PREDICTIONS).is_file()
 
 
 def test_failed_run_raises_with_stderr_tail(tmp_path, emt_structures):

@@ -41,7 +41,7 @@ from aiida_autopipec.learning import files  # noqa: E402
 from aiida_autopipec.learning.pacemaker import post_fit_script  # noqa: E402
 
 #: The job script of the CalcJob: pacemaker, then the shared post-fit lines (exit status, .yace, evaluation).
-JOB_SCRIPT = f"pacemaker {' '.join(files.PACEMAKER_ARGUMENTS)} > {files.STDOUT} 2> {files.STDERR}\n" + post_fit_script(
+JOB_SCRIPT = f"pacemaker {' '.join(files.pacemaker_arguments())} > {files.STDOUT} 2> {files.STDERR}\n" + post_fit_script(
     "pace_yaml2yace", sys.executable
 ) + "\n"
 
