@@ -6,6 +6,11 @@ from the previous round's potential, as the workchain does), the test force RMSE
 then the next structures are chosen (γ: the ``select_structures`` functions the workchain's SelectionCalculation
 runs, with its default trust window; random: uniformly from the remaining pool) and labelled with EMT.
 Every arm runs all rounds, so the whole learning curve is reported and the target is applied afterwards.
+
+Two candidate pools (``AUTOPIPEC_BENCHMARK_POOL``): ``balanced`` holds mild and strong distortions in the same shares
+as the test set, so random picks are as representative as can be; ``redundant`` is mostly structures like the
+initial training set and few strongly distorted ones, as frames of an MD run near equilibrium are. The test set is
+the same in both: equal shares, the range the potential has to cover.
 """
 
 from __future__ import annotations
@@ -49,17 +54,30 @@ SETTINGS = {
 }
 #: Comma-separated seeds to run instead of the mode's (results of several runs are joined with ``merge``).
 SEEDS_VARIABLE = "AUTOPIPEC_BENCHMARK_SEEDS"
-#: Pool and test structures: equal shares of these rattle amplitudes (Å), so both hold mild and strong distortions.
+#: Pool and test structures: these rattle amplitudes (Å), so both hold mild and strong distortions.
 RATTLES = (0.05, 0.1, 0.2)
+#: Shares of the rattle amplitudes in the candidate pool, per scenario; the test set always has equal shares.
+POOLS = {"balanced": (1 / 3, 1 / 3, 1 / 3), "redundant": (0.45, 0.45, 0.10)}
+#: Which pool to run (default: balanced).
+POOL_VARIABLE = "AUTOPIPEC_BENCHMARK_POOL"
 
 
-def mixed_structures(count: int, seed: int, labelled: bool) -> list:
+def share_counts(count: int, shares: tuple[float, ...]) -> list[int]:
+    """``count`` split by ``shares`` (largest remainder; equal shares split like ``np.array_split``)."""
+    exact = [count * share / sum(shares) for share in shares]
+    counts = [math.floor(value) for value in exact]
+    by_remainder = sorted(range(len(shares)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for index in by_remainder[: count - sum(counts)]:
+        counts[index] += 1
+    return counts
+
+
+def mixed_structures(count: int, seed: int, labelled: bool, shares: tuple[float, ...] = POOLS["balanced"]) -> list:
     from aiida_autopipec.learning.reference_data import emt_dataset
 
-    parts = np.array_split(np.arange(count), len(RATTLES))
     structures = []
-    for offset, (rattle, part) in enumerate(zip(RATTLES, parts, strict=True)):
-        structures += emt_dataset(len(part), seed=seed * 100 + offset, rattle=rattle, strain=0.05, labelled=labelled)
+    for offset, (rattle, number) in enumerate(zip(RATTLES, share_counts(count, shares), strict=True)):
+        structures += emt_dataset(number, seed=seed * 100 + offset, rattle=rattle, strain=0.05, labelled=labelled)
     return structures
 
 
@@ -95,7 +113,7 @@ def run_arm(arm: str, seed: int, settings: dict[str, Any], workdir: Path) -> lis
     )
     training = emt_dataset(settings["initial"], seed=seed * 100 + 50, rattle=0.1)
     test = mixed_structures(settings["test"], seed * 100 + 60, labelled=True)
-    pool = mixed_structures(settings["pool"], seed * 100 + 70, labelled=False)
+    pool = mixed_structures(settings["pool"], seed * 100 + 70, labelled=False, shares=POOLS[settings["pool_name"]])
     rng = np.random.default_rng(seed)
     curve, previous = [], None
     for round_number in range(1, settings["rounds"] + 1):
@@ -136,6 +154,9 @@ def run(mode: str, workdir: Path) -> dict[str, Any]:
     settings = dict(SETTINGS[mode])
     if os.environ.get(SEEDS_VARIABLE):  # e.g. one seed per process on a machine with cores to spare
         settings["seeds"] = [int(seed) for seed in os.environ[SEEDS_VARIABLE].split(",")]
+    settings["pool_name"] = os.environ.get(POOL_VARIABLE, "balanced")
+    if settings["pool_name"] not in POOLS:
+        raise ValueError(f"{POOL_VARIABLE}={settings['pool_name']!r}: use one of {sorted(POOLS)}")
     load_before = load_average()
     seeds = []
     for seed in settings["seeds"]:
@@ -198,6 +219,8 @@ def summarise(mode: str, settings: dict[str, Any], seeds: list[dict[str, Any]], 
         "seeds": seeds,
         "settings": settings,
         "rattles": list(RATTLES),
+        "pool": settings.get("pool_name", "balanced"),
+        "pool_shares": list(POOLS[settings.get("pool_name", "balanced")]),
         "load_average": {"before": load_before, "after": load_average()},
     }
 
@@ -233,8 +256,12 @@ def merge(paths: list[Path], output: Path) -> dict[str, Any]:
     """Join the seeds of several results (same mode and settings) into one result, summarised again."""
     results = [json.loads(Path(path).read_text()) for path in paths]
     first = results[0]
-    if any(r["mode"] != first["mode"] or r["target_rmse_forces"] != first["target_rmse_forces"] for r in results):
-        raise ValueError("results of different modes or targets cannot be joined")
+    if any(
+        (r["mode"], r["target_rmse_forces"], r.get("pool"))
+        != (first["mode"], first["target_rmse_forces"], first.get("pool"))
+        for r in results
+    ):
+        raise ValueError("results of different modes, targets or pools cannot be joined")
     seeds = sorted(
         (
             compare(seed["seed"], seed["curves"], first["target_rmse_forces"])  # summarised again, with this code

@@ -38,7 +38,7 @@ SETTINGS = {
     "full": {  # 40-60 s of pacemaker on 2 idle cores
         "structures": 150,
         "repeat": (2, 2, 2),
-        "repeats": 2,
+        "repeats": 3,
         "variants": ("presto localhost (poll 1 s)",),  # poll interval 0 was slower: orchestration_load3.json
         "warmup": False,
         "bare_job_arguments": True,  # bare pacemaker with the job's arguments (--verbose-tf --no-predict)

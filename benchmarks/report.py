@@ -114,6 +114,12 @@ def storage(result: dict) -> list[tuple[str, object]]:
 
 def label_efficiency(result: dict) -> list[tuple[str, object]]:
     rows = [("target test force RMSE", f"{result['target_rmse_forces']} eV/Å")]
+    if "pool" in result:
+        shares = ", ".join(
+            f"{share:.0%} rattled {rattle} Å"
+            for share, rattle in zip(result["pool_shares"], result["rattles"], strict=True)
+        )
+        rows.append(("candidate pool", f"{result['pool']}: {shares} (test set: equal shares)"))
     for seed in result["seeds"]:
         for arm, curve in seed["curves"].items():
             points = ", ".join(f"{p['labelled']}: {p['test_rmse_forces']:.3f}" for p in curve)
@@ -155,8 +161,23 @@ def gpu(result: dict) -> list[tuple[str, object]]:
     return rows
 
 
+#: Results of other settings of a benchmark, shown after it when present: file name -> benchmark.
+VARIANTS = {"storage_large": "storage", "label_efficiency_redundant": "label_efficiency"}
+
+
 def main(folder: Path = RESULTS) -> None:
-    for name in ("orchestration", "ingestion", "storage", "label_efficiency", "gpu"):
+    names = (
+        "orchestration",
+        "ingestion",
+        "storage",
+        "storage_large",
+        "label_efficiency",
+        "label_efficiency_redundant",
+        "gpu",
+    )
+    for name in names:
+        if name in VARIANTS and not (folder / f"{name}.json").is_file():
+            continue
         path = folder / f"{name}.json"
         if not path.is_file():  # a folder of quick results
             path = folder / f"{name}.quick.json"
@@ -169,7 +190,7 @@ def main(folder: Path = RESULTS) -> None:
             f"#### {name}\n\n{result['description']}. {result['date']}, load average before/after "
             f"{load['before']} / {load['after']}, {result['benchmark_seconds']} s.\n"
         )
-        print(table(globals()[name](result)) + "\n")
+        print(table(globals()[VARIANTS.get(name, name)](result)) + "\n")
 
 
 if __name__ == "__main__":

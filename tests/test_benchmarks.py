@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.pacemaker]
@@ -91,6 +92,7 @@ def test_label_efficiency_curves(results):
         assert curve[0]["labelled"] == result["settings"]["initial"]
     assert positive_finite(result["final_rmse_ratio_median"])
     assert "ratio" in seed or "ratio_upper_bound" in seed or None in seed["labels_needed"].values()
+    assert result["pool"] == "balanced" and len(result["pool_shares"]) == len(result["rattles"])
 
 
 def test_gpu_reports_cpu_and_says_whether_a_gpu_was_used(results):
@@ -100,3 +102,20 @@ def test_gpu_reports_cpu_and_says_whether_a_gpu_was_used(results):
         assert positive_finite(result["ratio"])
     else:
         assert result["ratio"] is None and "no GPU" in result["note"]
+
+
+def test_label_efficiency_pools_hold_the_rattles_in_their_shares():
+    sys.path.insert(0, str(RUN.parent))
+    try:
+        import label_efficiency
+    finally:
+        sys.path.remove(str(RUN.parent))
+    assert label_efficiency.share_counts(20, label_efficiency.POOLS["balanced"]) == [7, 7, 6]
+    assert label_efficiency.share_counts(60, label_efficiency.POOLS["redundant"]) == [27, 27, 6]
+    assert sum(label_efficiency.share_counts(37, (0.2, 0.5, 0.3))) == 37
+    pool = label_efficiency.mixed_structures(20, seed=1, labelled=False, shares=label_efficiency.POOLS["redundant"])
+    rms = []  # displacement from the ideal fcc sites (multiples of 1/8 of the strained 1x1x2 cell), Å
+    for atoms in pool:
+        scaled = atoms.cell.scaled_positions(atoms.positions)
+        rms.append(np.sqrt((((scaled - (scaled * 8).round() / 8) @ atoms.cell.array) ** 2).mean()))
+    assert len(pool) == 20 and max(rms[:18]) < min(rms[18:])  # 18 mild (0.05, 0.1 Å), then 2 rattled by 0.2 Å
