@@ -4,10 +4,11 @@ Both fit the same data with the same ``input.yaml`` (written by the same ``prepa
 per CalcJob stage (upload, submit, waiting for the job, retrieve, parse) by wrapping AiiDA's transport tasks, and
 the job itself is split with the modification times of the files it writes: pacemaker, then our compute-side
 ``.yace`` conversion and model evaluation (which bare pacemaker does not do, so they are reported separately).
-Two computers: presto's ``localhost`` (job poll interval 1 s) and a copy polled without delay. The job runs
-pacemaker with ``--no-predict`` (our evaluation of the delivered model replaces Pacemaker's predictions and plots),
-so the full mode also times bare pacemaker with the job's own arguments: the ratio against that is the overhead of
-orchestration alone.
+Two computers: presto's ``localhost`` (job poll interval 1 s, login shell) and the local computer that
+``autopipec setup`` creates (poll interval 0.5 s, plain shell: ``aiida_autopipec.codes.configure_localhost``).
+The job runs pacemaker with ``--no-predict`` (our evaluation of the delivered model replaces Pacemaker's predictions
+and plots), so the full mode also times bare pacemaker with the job's own arguments: the ratio against that is the
+overhead of orchestration alone.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from typing import Any
 from common import executable, load_average, load_benchmark_profile, print_table, ratio, summary
 
 NAME = "orchestration"
+PRESTO_LOCALHOST = "presto localhost (poll 1 s)"
+AUTOPIPEC_LOCALHOST = "autopipec setup's localhost (poll 0.5 s, plain shell)"
 SETTINGS = {
     "quick": {
         "structures": 16,
         "repeat": (1, 1, 2),
         "repeats": 1,
-        "variants": ("poll interval 0",),
+        "variants": (AUTOPIPEC_LOCALHOST,),
         "warmup": False,
         "parameters": {"cutoff": 4.5, "maxiter": 5, "number_of_functions_per_element": 8, "display_step": 5},
     },
@@ -39,7 +42,7 @@ SETTINGS = {
         "structures": 150,
         "repeat": (2, 2, 2),
         "repeats": 3,
-        "variants": ("presto localhost (poll 1 s)",),  # poll interval 0 was slower: orchestration_load3.json
+        "variants": (PRESTO_LOCALHOST, AUTOPIPEC_LOCALHOST),
         "warmup": False,
         "bare_job_arguments": True,  # bare pacemaker with the job's arguments (--verbose-tf --no-predict)
         "parameters": {"cutoff": 5.0, "maxiter": 60, "number_of_functions_per_element": 16, "display_step": 30},
@@ -172,14 +175,14 @@ def top_functions(profiler: cProfile.Profile, count: int = 12) -> list[dict[str,
 
 
 def computers():
-    """presto's ``localhost`` as it is, and a copy that polls the job without delay."""
+    """presto's ``localhost`` as it is, and the local computer ``autopipec setup`` creates."""
     from aiida import orm
 
     from aiida_autopipec.codes import get_or_create_localhost
 
     return {
-        "presto localhost (poll 1 s)": orm.load_computer("localhost"),
-        "poll interval 0": get_or_create_localhost("localhost-poll0"),
+        PRESTO_LOCALHOST: orm.load_computer("localhost"),
+        AUTOPIPEC_LOCALHOST: get_or_create_localhost("autopipec-localhost"),
     }
 
 

@@ -108,7 +108,7 @@ def run(mode: str, workdir: Path) -> dict[str, Any]:
     from aiida_autopipec.workflows.active_learning import ActiveLearningWorkChain
 
     repeat = tuple(settings["repeat"])
-    computer = get_or_create_localhost("localhost-poll0")
+    computer = get_or_create_localhost("autopipec-localhost")
     codes = {"pacemaker": get_or_create_local_code(computer=computer), "python": python_code(computer)}
     structures = {
         "training_set": emt_dataset(settings["initial"], seed=51, rattle=0.1, repeat=repeat),

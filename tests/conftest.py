@@ -44,8 +44,10 @@ def fast_parameters():
 
 @pytest.fixture(scope="session")
 def local_computer(aiida_profile, tmp_path_factory):
-    """This machine with the direct scheduler, polled without delay."""
+    """This machine with the direct scheduler, configured as ``autopipec setup`` does (cheap polling)."""
     from aiida import orm
+
+    from aiida_autopipec.codes import configure_localhost
 
     computer = orm.Computer(
         label="autopipec-localhost",
@@ -54,9 +56,7 @@ def local_computer(aiida_profile, tmp_path_factory):
         scheduler_type="core.direct",
         workdir=str(tmp_path_factory.mktemp("aiida_run")),
     ).store()
-    computer.configure(safe_interval=0.0)
-    computer.set_minimum_job_poll_interval(0.0)
-    return computer
+    return configure_localhost(computer)
 
 
 @pytest.fixture(scope="session")

@@ -57,7 +57,7 @@ def test_orchestration_ratio_and_where_the_time_goes(results):
     result = results["orchestration"]
     assert positive_finite(result["ratio"])
     assert positive_finite(result["bare_pacemaker_s"]["median"])
-    variant = result["variants"]["poll interval 0"]
+    (variant,) = result["variants"].values()  # quick mode: the computer `autopipec setup` creates
     assert positive_finite(variant["ratio_median"]) and positive_finite(variant["ratio_without_post_fit_steps"])
     assert set(variant["stages_s"]) >= {"upload", "submit", "update", "retrieve", "parse (ours: parser)"}
     phases = {"pacemaker", "start + .yace conversion (ours)", "evaluation (ours)", "poll wait (AiiDA)"}

@@ -28,6 +28,18 @@ def test_setup_is_idempotent(local_computer):
         assert f"{label}@{local_computer.label} (pk {python[0].pk}, {plugin})" in second.output
 
 
+def test_setup_creates_a_local_computer_that_polls_cheaply(aiida_profile):
+    result = CliRunner().invoke(autopipec, ["setup", "--computer", "fresh-localhost", "--label", "pace-fresh"])
+    assert result.exit_code == 0, result.output
+    computer = orm.load_computer("fresh-localhost")
+    assert (computer.transport_type, computer.scheduler_type) == ("core.local", "core.direct")
+    # A login shell per poll ran the shell's start-up files once a second; polling without delay kept a core busy.
+    assert computer.get_minimum_job_poll_interval() == 0.5
+    assert computer.get_configuration() == {"safe_interval": 0.0, "use_login_shell": False}
+    with computer.get_transport() as transport:
+        assert transport.exec_command_wait("shopt -q login_shell && echo login || echo plain")[1].strip() == "plain"
+
+
 @pytest.mark.pacemaker
 def test_quickstart_trains_a_real_potential(local_computer, monkeypatch):
     from aiida_autopipec import codes
