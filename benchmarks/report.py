@@ -26,7 +26,7 @@ def orchestration(result: dict) -> list[tuple[str, object]]:
     ]
     if "bare_pacemaker_job_arguments_s" in result:
         same = result["bare_pacemaker_job_arguments_s"]
-        command = " ".join(["pacemaker", *result["bare_pacemaker_job_arguments"], "input.yaml"])
+        command = " ".join(["pacemaker", *result["bare_pacemaker_job_arguments"]])
         rows.append(
             (f"bare `{command}`, the job's arguments (median / min)", f"{same['median']:.2f} s / {same['min']:.2f} s")
         )
