@@ -313,36 +313,46 @@ def test_max_iterations(generate_workchain, generate_finished_calc):
 
 @pytest.mark.pacemaker
 def test_killed_fit_is_continued_for_real(pacemaker_code, training_set):
-    """A CPU-time limit kills the first real fit mid-way; the second continues from its interim potential.
+    """The first real fit is killed mid-way (SIGKILL); the second continues from its interim potential.
 
-    The limit applies only while there is no initial_potential.yaml in the working directory, i.e. to the first
-    attempt: the restart writes the interim potential there. With one TensorFlow thread (CPU time then follows the
-    work, not how busy the machine is) Pacemaker needs 23-27 s of CPU here before its first iteration (TensorFlow
-    tracing), then does ~20 iterations per CPU second: the 40 s limit stops it after roughly 300 of 600 iterations.
+    A watcher started by the job script kills pacemaker once its metrics table reaches iteration 150, only while
+    there is no initial_potential.yaml in the working directory, i.e. in the first attempt (the restart writes the
+    interim potential there). It goes by iterations, not by time: a CPU-time limit killed the fit on a slow machine
+    and missed it on a fast one.
     """
     maxiter = 600
     parameters = {**FAST_PARAMETERS, "maxiter": maxiter, "number_of_functions_per_element": 16}
-    single_thread = "export TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 OMP_NUM_THREADS=1"
-    prepend_text = f"{single_thread}\n[ -f {files.INITIAL_POTENTIAL} ] || ulimit -t 40"
+    kill_at_iteration_150 = f"""
+if [ ! -f {files.INITIAL_POTENTIAL} ]; then
+  (
+    for _ in $(seq 2400); do
+      [ "$(tail -n 1 {files.TRAIN_METRICS} 2>/dev/null | awk '{{print $3}}')" -ge 150 ] 2>/dev/null && break
+      sleep 0.25
+    done
+    for pid in $(pgrep -f {files.INPUT_YAML}); do
+      [ "$(readlink /proc/$pid/cwd)" = "$PWD" ] && kill -9 "$pid"
+    done
+  ) &
+fi"""
     results, node = run_get_node(
         PacemakerBaseWorkChain,
         pacemaker={
             "code": pacemaker_code,
             "training_set": training_set,
             "parameters": orm.Dict(parameters),
-            "metadata": {"options": {"prepend_text": prepend_text}},
+            "metadata": {"options": {"prepend_text": kill_at_iteration_150}},
         },
     )
     assert node.is_finished_ok, node.exit_message
     first, second = sorted(node.called, key=lambda called: called.ctime)
     assert first.exit_status == CALC_EXIT_CODES.ERROR_PACEMAKER_KILLED.status, first.exit_message
-    assert "SIGKILL" in first.exit_message  # `ulimit -t` sets the hard limit too: SIGKILL (137), not SIGXCPU
+    assert "SIGKILL" in first.exit_message
     assert second.is_finished_ok, second.exit_message
     assert second.inputs.restart_potential.uuid == first.outputs.interim_potential.uuid
 
     first_curve, second_curve = first.outputs.learning_curve, second.outputs.learning_curve
     done = int(first_curve.get_array("iteration")[-1])
-    assert 0 < done < maxiter
+    assert 150 <= done < maxiter
     assert second.inputs.parameters["maxiter"] == maxiter - done
     # It continued rather than started over: it begins at the loss where the first one was killed.
     first_loss, second_loss = first_curve.get_array("loss"), second_curve.get_array("loss")
