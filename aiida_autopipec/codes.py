@@ -20,8 +20,8 @@ __all__ = [
 ]
 
 #: Seconds between two checks of the local scheduler for finished jobs. Each check starts a shell and ``ps``: polled
-#: without delay, the engine kept a core busy and slowed a 2-core fit by 20 %; 0.5 s costs ~0.1 s of CPU per 10 s
-#: and waits 0.25 s on average (measured, docs/benchmarks.md).
+#: without delay, the engine kept a core busy and slowed a 2-core fit by 20 %; every 0.5 s it takes a few per cent of
+#: one core and a finished job waits 0.25 s on average to be noticed (measured, docs/benchmarks.md).
 LOCALHOST_POLL_INTERVAL = 0.5
 
 
