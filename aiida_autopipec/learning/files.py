@@ -11,7 +11,7 @@ INPUT_YAML = "input.yaml"
 #: ran is read from them, :mod:`~aiida_autopipec.learning.device`), then the input file.
 PACEMAKER_ARGUMENTS = ("--verbose-tf", INPUT_YAML)
 #: Skips Pacemaker's predictions on the training and test sets after the fit: prediction pickles and validation plots
-#: (~2-3 s per fit, matplotlib) that the evaluation of the delivered model (with ZBL) makes redundant.
+#: (~2 s per fit here, mostly matplotlib) that the evaluation of the delivered model (with ZBL) makes redundant.
 NO_PREDICT = "--no-predict"
 
 

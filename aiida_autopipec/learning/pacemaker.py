@@ -281,7 +281,7 @@ class PacemakerRunner:
         self.work_dir = Path(work_dir)
         self.executable = executable
         self.yaml2yace = yaml2yace
-        #: Let Pacemaker predict both sets after the fit (prediction pickles and plots in ``work_dir``, ~2-3 s).
+        #: Let Pacemaker predict both sets after the fit (prediction pickles and plots in ``work_dir``, ~2 s).
         self.predictions = predictions
         self.reference_energies: dict[str, float] = {}
         self.evaluation_settings: dict[str, Any] = {}
