@@ -62,13 +62,13 @@ def _progress_bar(path: Path):
 def import_training_set(path: Path, file_format: str = "auto", select: str | None = None, **options):
     """A stored TrainingSetData of the structures in ``path``; bad files give a ClickException naming the problem."""
     from aiida_autopipec.data import TrainingSetData
-    from aiida_autopipec.learning.dataset import DatasetError, StructureArrays, select_database_rows
+    from aiida_autopipec.learning.dataset import DatasetError, StructureArrays
 
     trust_pickle = options.pop("trust_pickle", False)
     try:
         if (detect_format(path) if file_format == "auto" else file_format) == "db":  # rows straight to arrays
-            rows = select_database_rows(path, select, progress=_progress_bar(path))
-            training_set = TrainingSetData(arrays=StructureArrays.from_database_rows(rows, **options))
+            arrays = StructureArrays.from_ase_db(path, select, progress=_progress_bar(path), **options)
+            training_set = TrainingSetData(arrays=arrays)
         else:
             structures = import_structures(path, file_format, select, trust_pickle)
             training_set = TrainingSetData.from_ase(structures, **options)

@@ -13,10 +13,12 @@ Units: energies in eV, forces in eV/Å, positions and cells in Å.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -27,6 +29,7 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.singlepoint import SinglePointCalculator
 
 __all__ = [
+    "DATABASE_COLUMNS",
     "DatasetError",
     "StructureArrays",
     "UnitsWarning",
@@ -51,6 +54,23 @@ MIN_INTERATOMIC_DISTANCE = 0.1
 MAX_PLAUSIBLE_FORCE = 100.0
 #: ... or energies per atom that, after removing per-element references, spread over more than this (eV/atom).
 MAX_PLAUSIBLE_ENERGY_SPREAD = 20.0
+
+
+@contextlib.contextmanager
+def cyclic_garbage_collection_paused() -> Iterator[None]:
+    """Pause Python's cycle collector while many short-lived objects (``ase.Atoms``, database rows) are made.
+
+    Each full collection walks every object in the process, ~0.1 s once AiiDA is imported, and making and pickling
+    10,000 structures set off several (measured: 0.33 s of 1.5 s). These objects hold no reference cycles, so
+    reference counting frees them anyway; the collector resumes as it was.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class DatasetError(ValueError):
@@ -115,6 +135,36 @@ def _overlap_by_neighbour_list(numbers: np.ndarray, positions: np.ndarray, cell:
     return len(neighbor_list("d", atoms, MIN_INTERATOMIC_DISTANCE)) > 0
 
 
+#: Atom pairs handled at once by the batched overlap check: small enough for the temporaries to stay in the CPU
+#: cache (60,000 pairs measured 2.7x faster than 400,000 for 10,000 structures of 64 atoms).
+PAIRS_PER_CHUNK = 60_000
+
+
+def _shortest_squared_separations(
+    fractional: np.ndarray, metric: np.ndarray, first: np.ndarray, second: np.ndarray, periodicity: Sequence[bool]
+) -> np.ndarray:
+    """Per structure, the shortest squared distance (Å²) over the atom pairs (``first``, ``second``).
+
+    ``fractional``: (3, structures, atoms) coordinates; ``metric``: (structures, 3, 3) cell times its transpose.
+    The minimum image is taken along periodic axes. One coordinate at a time and in place: the pair arrays are
+    the whole cost.
+    """
+    separations = []
+    for axis in range(3):
+        separation = fractional[axis][:, second] - fractional[axis][:, first]
+        if periodicity[axis]:
+            separation -= np.round(separation)
+        separations.append(separation)
+    squared = np.square(separations[0])
+    squared *= metric[:, 0, 0, None]
+    term = np.empty_like(squared)
+    for i, j in ((1, 1), (2, 2), (0, 1), (0, 2), (1, 2)):
+        np.multiply(separations[i], separations[j], out=term)
+        term *= metric[:, i, j, None] * (1.0 if i == j else 2.0)
+        squared += term
+    return squared.min(axis=1)
+
+
 @functools.lru_cache(maxsize=64)
 def _pairs(num_atoms: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (i, j), i < j, of all atom pairs; cached, since datasets repeat the same sizes."""
@@ -168,6 +218,23 @@ class StructureArrays:
                 yield atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, *labels, atoms.get_chemical_formula
 
         return cls._from_parts(parts(), elements, labelled)
+
+    @classmethod
+    def from_ase_db(
+        cls,
+        path: str | os.PathLike,
+        selection: Any = None,
+        progress: Callable | None = None,
+        *,
+        elements: Sequence[str] | None = None,
+        labelled: bool = True,
+        **key_value_pairs: Any,
+    ) -> StructureArrays:
+        """The rows of an ASE database that ``selection`` and the keyword filters match (``ase.db`` syntax), read
+        column by column (:data:`DATABASE_COLUMNS`) straight into arrays and validated."""
+        with cyclic_garbage_collection_paused():  # 10,000 rows would otherwise set off full collections
+            rows = select_database_rows(path, selection, progress, columns=DATABASE_COLUMNS, **key_value_pairs)
+            return cls.from_database_rows(rows, elements, labelled)
 
     @classmethod
     def from_database_rows(
@@ -401,16 +468,15 @@ class StructureArrays:
                     found.append(index)
             elif count > 1:
                 groups.setdefault((count, *self.pbc[index].tolist()), []).append(index)
+        metric = cells @ cells.transpose(0, 2, 1)  # |f @ cell|^2 = f . (cell cell^T) . f
         for (count, *periodicity), members in groups.items():
             first, second = _pairs(count)
-            chunk = max(1, 400_000 // len(first))
+            chunk = max(1, PAIRS_PER_CHUNK // len(first))
             for start in range(0, len(members), chunk):
                 batch = np.asarray(members[start : start + chunk])
                 positions = self.positions[offsets[batch][:, None] + np.arange(count)]  # (batch, atoms, 3)
-                fractional = (positions[:, second] - positions[:, first]) @ reciprocal[batch]
-                fractional[..., periodicity] -= np.round(fractional[..., periodicity])
-                separations = fractional @ cells[batch]
-                shortest = np.einsum("bpi,bpi->bp", separations, separations).min(axis=1)
+                fractional = np.einsum("bai,bij->jba", positions, reciprocal[batch])  # (3, batch, atoms)
+                shortest = _shortest_squared_separations(fractional, metric[batch], first, second, periodicity)
                 found += batch[shortest < MIN_INTERATOMIC_DISTANCE**2].tolist()
         return np.sort(np.asarray(found, dtype=np.int64))
 
@@ -469,16 +535,18 @@ class StructureArrays:
         return {chemical_symbols[number]: int(count) for number, count in zip(numbers, counts, strict=True)}
 
     def composition_matrix(self, elements: Sequence[str]) -> np.ndarray:
-        """(n_structures, n_elements) counts of each element per structure."""
+        """(n_structures, n_elements) counts of each element per structure (one ``bincount`` over all atoms)."""
         from ase.data import atomic_numbers
 
-        index = {atomic_numbers[s]: i for i, s in enumerate(elements)}
-        counts = np.zeros((self.num_structures, len(elements)))
+        column_of_number = np.full(119, -1, dtype=np.int64)
+        column_of_number[[atomic_numbers[symbol] for symbol in elements]] = np.arange(len(elements))
+        columns = column_of_number[self.numbers]
+        if (columns < 0).any():
+            self.check_elements(elements)  # names the elements that have no column
         structure_of_atom = np.repeat(np.arange(self.num_structures), self.natoms)
-        for z in np.unique(self.numbers):
-            mask = self.numbers == z
-            np.add.at(counts[:, index[int(z)]], structure_of_atom[mask], 1)
-        return counts
+        slots = structure_of_atom * len(elements) + columns
+        counts = np.bincount(slots, minlength=self.num_structures * len(elements))
+        return counts.reshape(self.num_structures, len(elements)).astype(float)
 
     def to_atoms(self, with_labels: bool = True) -> list[Atoms]:
         """ASE structures; with labels attached as a SinglePointCalculator (energy in eV, forces in eV/Å).
@@ -641,9 +709,10 @@ def write_pacemaker_dataset(path: str | os.PathLike, arrays: StructureArrays, re
     path = Path(path)
     # Compressed only when the name asks for it (Pacemaker reads both): the job's files are temporary, and even
     # gzip level 1 costs ~0.7 s per 10,000 structures of 64 atoms for ~20 % smaller float data.
-    frame = to_pacemaker_dataframe(arrays, reference_energies, **options)
     compression = {"method": "gzip", "compresslevel": 1} if path.name.endswith((".gz", ".gzip")) else None
-    frame.to_pickle(path, compression=compression)
+    with cyclic_garbage_collection_paused():
+        frame = to_pacemaker_dataframe(arrays, reference_energies, **options)
+        frame.to_pickle(path, compression=compression)
     return path
 
 
@@ -682,11 +751,24 @@ def read_ase_db(
     return [row.toatoms() for row in select_database_rows(path, selection, progress, **key_value_pairs)]
 
 
+#: The columns of an ASE database row that :meth:`StructureArrays.from_database_rows` reads: selecting only these
+#: (and no ``data``) reads a database ~20 % faster.
+DATABASE_COLUMNS = ("id", "numbers", "positions", "cell", "pbc", "energy", "forces")
+
+
 def select_database_rows(
-    path: str | os.PathLike, selection: Any = None, progress: Callable | None = None, **key_value_pairs: Any
+    path: str | os.PathLike,
+    selection: Any = None,
+    progress: Callable | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+    **key_value_pairs: Any,
 ) -> list:
     """The rows of an ASE database that ``selection`` and the keyword filters match (at least one), with clear
-    errors for missing, empty or corrupt files and bad selections."""
+    errors for missing, empty or corrupt files and bad selections.
+
+    ``columns`` (e.g. :data:`DATABASE_COLUMNS`): read only these, without the rows' ``data``; default: everything.
+    """
     import ase.db
 
     path = Path(path)
@@ -702,7 +784,8 @@ def select_database_rows(
         raise DatasetError(f"{path}: cannot be read as an ASE database: {exc}") from exc
     with database:
         try:
-            rows = database.select(selection, **key_value_pairs)
+            reading = {} if columns is None else {"include_data": False, "columns": list(columns)}
+            rows = database.select(selection, **reading, **key_value_pairs)
             if progress is not None:
                 rows = progress(rows, database.count(selection, **key_value_pairs))
             rows = list(rows)

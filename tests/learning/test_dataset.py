@@ -234,6 +234,23 @@ def test_database_rows_give_the_arrays_their_atoms_give(ase_db, tmp_path):
         StructureArrays.from_database_rows(rows, elements=["Al", "Cu"])
 
 
+def test_database_read_column_by_column_equals_reading_whole_rows(ase_db):
+    """``StructureArrays.from_ase_db`` reads only the structure and label columns (no ``data``, no key-value pairs):
+    the same arrays as whole rows give, with the selection applied and elements checked."""
+    import ase.db
+
+    with ase.db.connect(ase_db) as database:
+        database.write(bulk("Cu", "fcc", a=3.6), config="extra", data={"note": "ignored"})
+    selected = StructureArrays.from_ase_db(ase_db, config="extra", labelled=False)
+    assert selected.num_structures == 1 and not selected.labelled
+    whole_rows = StructureArrays.from_database_rows(select_database_rows(ase_db, "config!=extra"))
+    by_columns = StructureArrays.from_ase_db(ase_db, "config!=extra")
+    for field in StructureArrays.FIELDS:
+        assert np.array_equal(getattr(by_columns, field), getattr(whole_rows, field)), field
+    with pytest.raises(DatasetError, match=r"the data contain element\(s\) \['Cu'\] that are not in elements"):
+        StructureArrays.from_ase_db(ase_db, config="extra", labelled=False, elements=["Al"])
+
+
 @pytest.mark.parametrize("missing", ["energy", "forces"])
 def test_database_rows_without_labels_are_named(tmp_path, missing):
     import ase.db
@@ -263,6 +280,21 @@ def test_fit_reference_energies_recovers_known_references():
     for element, value in SYNTHETIC_REFERENCES.items():
         assert abs(references[element] - value) < 1e-8, element
     np.testing.assert_allclose(corrected_energies(arrays, references), 0.0, atol=1e-8)
+
+
+def test_reference_energies_for_too_few_elements_are_refused_by_name():
+    arrays = StructureArrays.from_atoms(_synthetic_structures())
+    with pytest.raises(DatasetError, match=r"element\(s\) \['Cu'\] that are not in elements \['Al'\]"):
+        fit_reference_energies(arrays, ["Al"])
+
+
+def test_composition_matrix_counts_each_element_per_structure():
+    structures = [
+        Atoms("Al3Cu", cell=[9, 9, 9], positions=np.eye(4, 3) * 3),
+        Atoms("Cu2", positions=[[0, 0, 0], [2, 0, 0]]),
+    ]
+    arrays = StructureArrays.from_atoms(structures, labelled=False)
+    assert arrays.composition_matrix(["Cu", "Ni", "Al"]).tolist() == [[1, 0, 3], [2, 0, 0]]
 
 
 def test_fit_reference_energies_gives_zero_for_absent_elements():
@@ -358,6 +390,37 @@ def test_write_pacemaker_dataset_is_readable_by_pandas(emt_labelled, tmp_path):
         frame = pd.read_pickle(path, compression=compression)
         assert frame["energy"].tolist() == arrays.energies.tolist()
         assert np.array_equal(frame["ase_atoms"][0].positions, emt_labelled[0].positions)
+
+
+@pytest.mark.parametrize("enabled_before", [True, False])
+def test_writing_the_dataset_pauses_the_cycle_collector_and_restores_it(emt_labelled, tmp_path, enabled_before):
+    """No cyclic garbage collection runs while the structures are made and pickled (a full one walks every object
+    of the process), even with thresholds that would collect every few objects; the collector's state is restored."""
+    import gc
+    import sys
+
+    arrays = StructureArrays.concatenate([StructureArrays.from_atoms(emt_labelled)] * 20)
+    collections = []
+
+    def count(phase, info):  # collections set off while the structures are made or pickled
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_name not in ("to_pacemaker_dataframe", "to_pickle"):
+            frame = frame.f_back
+        if phase == "start" and frame is not None:
+            collections.append(info["generation"])
+
+    thresholds = gc.get_threshold()
+    gc.set_threshold(5, 1, 1)
+    gc.callbacks.append(count)
+    (gc.enable if enabled_before else gc.disable)()
+    try:
+        write_pacemaker_dataset(tmp_path / "train.pckl", arrays, SYNTHETIC_REFERENCES)
+        assert gc.isenabled() is enabled_before
+    finally:
+        gc.callbacks.remove(count)
+        gc.set_threshold(*thresholds)
+        gc.enable()
+    assert collections == []
 
 
 # -- bad input -----------------------------------------------------------------------------------------------
@@ -574,6 +637,36 @@ def test_batched_overlap_check_agrees_with_the_neighbour_list():
     assert arrays._overlapping_structures(cells).tolist() == expected
     with pytest.raises(DatasetError, match=rf"structure {expected[0]} \(Al\d+\): atoms overlap"):
         arrays.check_geometry()
+
+
+@pytest.mark.parametrize("pairs_per_chunk", [1, 25, 60_000], ids=["structure-by-structure", "small-chunks", "default"])
+def test_overlap_check_finds_the_same_structures_in_chunks_of_any_size(monkeypatch, pairs_per_chunk):
+    """Structures of 6 atoms (15 pairs) cut into batches of 1, 1 or many structures: an overlap in any batch is found,
+    and only there."""
+    from aiida_autopipec.learning import dataset
+
+    monkeypatch.setattr(dataset, "PAIRS_PER_CHUNK", pairs_per_chunk)
+    rng = np.random.default_rng(3)
+    structures, expected = [], []
+    for index in range(40):
+        atoms = Atoms("Al6", cell=np.diag(rng.uniform(4.0, 6.0, 3)), pbc=True)
+        atoms.set_scaled_positions(rng.permutation(np.eye(6, 3) * 0.45 + 0.05 * np.arange(6)[:, None]))
+        if index in (0, 17, 39):
+            atoms.positions[4] = atoms.positions[2] + [0.0, 0.06, 0.0]
+            expected.append(index)
+        structures.append(atoms)
+    cells = np.array([atoms.cell.array for atoms in structures])
+    arrays = StructureArrays(
+        numbers=np.concatenate([atoms.numbers for atoms in structures]),
+        positions=np.concatenate([atoms.positions for atoms in structures]),
+        forces=np.full((6 * len(structures), 3), np.nan),
+        natoms=np.full(len(structures), 6),
+        cells=cells,
+        pbc=np.ones((len(structures), 3), dtype=bool),
+        energies=np.full(len(structures), np.nan),
+        labelled=False,
+    )
+    assert arrays._overlapping_structures(cells).tolist() == expected
 
 
 def test_the_first_problem_is_named_whichever_kind_it_is():
