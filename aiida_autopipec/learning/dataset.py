@@ -525,14 +525,14 @@ class StructureArrays:
     def elements(self) -> list[str]:
         from ase.data import chemical_symbols
 
-        return sorted({chemical_symbols[z] for z in np.unique(self.numbers)})
+        return sorted(chemical_symbols[number] for number in np.flatnonzero(np.bincount(self.numbers)))
 
     def atoms_per_element(self) -> dict[str, int]:
         """Number of atoms of each element, over all structures."""
         from ase.data import chemical_symbols
 
-        numbers, counts = np.unique(self.numbers, return_counts=True)
-        return {chemical_symbols[number]: int(count) for number, count in zip(numbers, counts, strict=True)}
+        counts = np.bincount(self.numbers)  # numbers are 1..118 (validated): a count per possible element
+        return {chemical_symbols[number]: int(counts[number]) for number in np.flatnonzero(counts)}
 
     def composition_matrix(self, elements: Sequence[str]) -> np.ndarray:
         """(n_structures, n_elements) counts of each element per structure (one ``bincount`` over all atoms)."""
