@@ -172,7 +172,9 @@ class AseLabelCalculation(CalcJob):
 
         calcinfo = datastructures.CalcInfo()
         calcinfo.codes_info = [codeinfo]
-        calcinfo.retrieve_list = [OUTPUT, REPORT, STDOUT, STDERR]
+        calcinfo.retrieve_list = [REPORT, STDOUT, STDERR]
+        # The labels become the output TrainingSetData: fetched for parsing only, so they are not stored twice.
+        calcinfo.retrieve_temporary_list = [OUTPUT]
         # The geometry duplicates the stored input TrainingSetData.
         calcinfo.provenance_exclude_list = [STRUCTURES]
         return calcinfo

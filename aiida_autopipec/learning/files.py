@@ -59,14 +59,13 @@ EVALUATION_INPUT = "evaluation_input.json"
 EVALUATION_OUTPUT = "evaluation.json"
 EVALUATION_LOG = "evaluate.out"
 
-#: Files kept in the calculation's ``retrieved`` folder: the run's own record (console output, errors, exit code,
-#: Pacemaker's log and metrics tables, the logs of the compute-side steps). Prediction pickles (several MB) only on
+#: Files kept in the calculation's ``retrieved`` folder: the run's own record (console output, errors with Pacemaker's
+#: whole log, exit code, metrics tables, the logs of the compute-side steps). Prediction pickles (several MB) only on
 #: request.
 RETRIEVE_LIST = [
     STDOUT,
     STDERR,
     EXIT_STATUS,
-    LOG,
     TRAIN_METRICS,
     TEST_METRICS,
     TRAIN_CYCLE_METRICS,
@@ -75,9 +74,11 @@ RETRIEVE_LIST = [
     EVALUATION_LOG,
 ]
 #: Files the parser stores as output nodes (potential, interim potential, metrics and dimer curves of the delivered
-#: model): fetched only for parsing (AiiDA's ``retrieve_temporary_list``), so their content is not stored twice.
+#: model) or that repeat a kept file (``log.txt``: its lines are in ``pacemaker.err``): fetched only for parsing
+#: (AiiDA's ``retrieve_temporary_list``), so their content is not stored twice.
 #: Add a name to ``metadata.options.additional_retrieve_list`` to keep the raw file as well.
 RETRIEVE_TEMPORARY_LIST = [
+    LOG,  # every line of it is also in STDERR, which is kept; the parser reads its error summaries
     OUTPUT_POTENTIAL_YAML,
     OUTPUT_POTENTIAL_YACE,
     INTERIM_POTENTIAL,

@@ -18,7 +18,7 @@ from aiida.parsers import Parser
 from aiida_autopipec.calculations.ase_label import OUTPUT, REPORT, STDERR
 from aiida_autopipec.data import TrainingSetData
 from aiida_autopipec.learning.dataset import DatasetError
-from aiida_autopipec.parsers.common import read_script_report
+from aiida_autopipec.parsers.common import files_to_parse, read_script_report
 
 __all__ = ["AseLabelParser"]
 
@@ -27,8 +27,8 @@ class AseLabelParser(Parser):
     """Turn the retrieved files of an :class:`AseLabelCalculation` into outputs."""
 
     def parse(self, **kwargs) -> ExitCode | None:
-        with self.retrieved.base.repository.as_path() as folder:
-            return self._parse_folder(Path(folder))
+        with files_to_parse(self, kwargs.get("retrieved_temporary_folder")) as folder:
+            return self._parse_folder(folder)
 
     def _parse_folder(self, folder: Path) -> ExitCode | None:
         exit_codes = self.exit_codes

@@ -102,7 +102,8 @@ def test_prepare_writes_geometry_input_and_script(generate_calc_job, python_code
     codeinfo = calcinfo.codes_info[0]
     assert codeinfo.cmdline_params == [ase_label.SCRIPT, ase_label.INPUT_JSON]
     assert codeinfo.code_uuid == python_code.uuid
-    assert set(calcinfo.retrieve_list) == {ase_label.OUTPUT, ase_label.REPORT, ase_label.STDOUT, ase_label.STDERR}
+    assert set(calcinfo.retrieve_list) == {ase_label.REPORT, ase_label.STDOUT, ase_label.STDERR}
+    assert calcinfo.retrieve_temporary_list == [ase_label.OUTPUT]  # stored once, as the labelled output
     assert calcinfo.provenance_exclude_list == [ase_label.STRUCTURES]
     # The geometry written can be read back by the script alone.
     read = label_structures.read_structures(folder / ase_label.STRUCTURES)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from aiida import orm
@@ -66,10 +68,16 @@ def test_provenance_links(trained):
     # input.yaml is kept in the node's repository; the Pacemaker pickle is not (TrainingSetData holds the data).
     stored = node.base.repository.list_object_names()
     assert "input.yaml" in stored and files.TRAINING_DATA not in stored
-    # Logs and metrics tables are kept; files stored as output nodes (potential, evaluation) are not kept twice.
-    kept = set(results["retrieved"].base.repository.list_object_names())
-    assert {"log.txt", "pacemaker.err", "metrics.txt", "pacemaker.exit_status"} <= kept
-    assert not kept & {"evaluation.json", "output_potential.yace", "output_potential.yaml"}
+    # Logs and metrics tables are kept; files stored as output nodes (potential, evaluation) are not kept twice, nor
+    # is log.txt: every line of it is in pacemaker.err (which adds TensorFlow's messages and any traceback).
+    retrieved = results["retrieved"].base.repository
+    kept = set(retrieved.list_object_names())
+    assert {"pacemaker.err", "metrics.txt", "pacemaker.exit_status"} <= kept
+    assert not kept & {"log.txt", "evaluation.json", "output_potential.yace", "output_potential.yaml"}
+    log = (Path(node.outputs.remote_folder.get_remote_path()) / files.LOG).read_text().splitlines()
+    assert len(log) > 20
+    stderr = retrieved.get_object_content(files.STDERR)
+    assert [line for line in log if line.split(" - ", 1)[-1] not in stderr] == []
     assert "dimer_curves" in outgoing
     # What `verdi node graph generate` draws: inputs and outputs around the calculation.
     from aiida.tools.visualization import Graph
