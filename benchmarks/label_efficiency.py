@@ -40,7 +40,7 @@ SETTINGS = {
         "functions": 8,
         "target": 0.15,
     },
-    "full": {  # ~40 min on 2 cores: 3 seeds x 2 arms x 6 warm-started fits
+    "full": {  # ~60 min on 2 cores: 3 seeds x 3 arms x 6 warm-started fits
         "seeds": [0, 1, 2],
         "initial": 10,  # γ needs at least as many atoms per element as functions per element (24)
         "pool": 60,
@@ -60,6 +60,12 @@ RATTLES = (0.05, 0.1, 0.2)
 POOLS = {"balanced": (1 / 3, 1 / 3, 1 / 3), "redundant": (0.45, 0.45, 0.10)}
 #: Which pool to run (default: balanced).
 POOL_VARIABLE = "AUTOPIPEC_BENCHMARK_POOL"
+#: Selection arms, each compared with ``random``: ``gamma`` is the workchain's default (``max_gamma``: highest γ
+#: first), ``d_optimal`` its ``pace_select`` option (MaxVol: a diverse set among the candidates in the trust window).
+SELECTION_ARMS = ("gamma", "d_optimal")
+ARMS = (*SELECTION_ARMS, "random")
+#: Comma-separated arms to run (default: all three); runs of other arms for the same seeds are joined by ``merge``.
+ARMS_VARIABLE = "AUTOPIPEC_BENCHMARK_ARMS"
 
 
 def share_counts(count: int, shares: tuple[float, ...]) -> list[int]:
@@ -81,8 +87,11 @@ def mixed_structures(count: int, seed: int, labelled: bool, shares: tuple[float,
     return structures
 
 
-def gamma_choice(folder: Path, potential: Path, training: list, pool: list, budget: int) -> list[int]:
-    """Indices into ``pool`` chosen like the workchain's selection: largest γ within its default trust window."""
+def gamma_choice(
+    folder: Path, potential: Path, training: list, pool: list, budget: int, method: str = "max_gamma"
+) -> list[int]:
+    """Indices into ``pool`` chosen like the workchain's selection with its default trust window: largest γ first
+    (``max_gamma``), or what ``pace_select`` picks among the candidates in the window (``d_optimal``)."""
     from aiida_autopipec.learning import select_structures
     from aiida_autopipec.workflows.active_learning import ConvergenceConfig
 
@@ -93,7 +102,10 @@ def gamma_choice(folder: Path, potential: Path, training: list, pool: list, budg
     asi = select_structures.build_active_set(folder, "potential.yaml", training, energies, forces)
     gammas = select_structures.max_gammas(folder / "potential.yaml", asi, pool)
     defaults = ConvergenceConfig()
-    return select_structures.select(gammas, budget, defaults.gamma_lower, defaults.gamma_upper)["selected"]
+    if method == "max_gamma":
+        return select_structures.select(gammas, budget, defaults.gamma_lower, defaults.gamma_upper)["selected"]
+    eligible = select_structures.select(gammas, len(gammas), defaults.gamma_lower, defaults.gamma_upper)["selected"]
+    return select_structures.d_optimal(folder, "potential.yaml", asi, pool, eligible, budget) if eligible else []
 
 
 def run_arm(arm: str, seed: int, settings: dict[str, Any], workdir: Path) -> list[dict[str, Any]]:
@@ -130,10 +142,10 @@ def run_arm(arm: str, seed: int, settings: dict[str, Any], workdir: Path) -> lis
         curve.append({"round": round_number, "labelled": len(training), "test_rmse_forces": round(rmse, 5)})
         if round_number == settings["rounds"] or not pool:
             break
-        if arm == "gamma":
-            chosen = gamma_choice(
-                runner.work_dir / "select", runner.work_dir / "output_potential.yaml", training, pool, settings["new"]
-            )
+        if arm in SELECTION_ARMS:
+            method = "max_gamma" if arm == "gamma" else arm
+            potential = runner.work_dir / "output_potential.yaml"
+            chosen = gamma_choice(runner.work_dir / "select", potential, training, pool, settings["new"], method)
         else:
             chosen = rng.choice(len(pool), size=min(settings["new"], len(pool)), replace=False).tolist()
         curve[-1]["selected"] = len(chosen)
@@ -157,10 +169,13 @@ def run(mode: str, workdir: Path) -> dict[str, Any]:
     settings["pool_name"] = os.environ.get(POOL_VARIABLE, "balanced")
     if settings["pool_name"] not in POOLS:
         raise ValueError(f"{POOL_VARIABLE}={settings['pool_name']!r}: use one of {sorted(POOLS)}")
+    arms = os.environ.get(ARMS_VARIABLE, ",".join(ARMS)).split(",")
+    if not arms or set(arms) - set(ARMS):
+        raise ValueError(f"{ARMS_VARIABLE}={','.join(arms)!r}: use some of {','.join(ARMS)}")
     load_before = load_average()
     seeds = []
     for seed in settings["seeds"]:
-        curves = {arm: run_arm(arm, seed, settings, workdir) for arm in ("gamma", "random")}
+        curves = {arm: run_arm(arm, seed, settings, workdir) for arm in arms}
         seeds.append(compare(seed, curves, settings["target"]))
         save_partial(NAME, mode, summarise(mode, settings, seeds, load_before))  # long runs keep finished seeds
     result = summarise(mode, settings, seeds, load_before)
@@ -169,20 +184,30 @@ def run(mode: str, workdir: Path) -> dict[str, Any]:
 
 
 def compare(seed: int, curves: dict[str, list], target: float) -> dict[str, Any]:
-    """Labels each arm needed, their ratio (or its bound), and the RMSE ratio of the last rounds."""
+    """Labels each arm needed and, per selection arm run next to ``random``, the ratio (or its bound) and the RMSE
+    ratio of the last rounds. Keys for ``gamma`` are plain (``ratio``), the others' suffixed (``ratio_d_optimal``)."""
     needed = {arm: labels_to_reach(curve, target) for arm, curve in curves.items()}
     entry: dict[str, Any] = {"seed": seed, "curves": curves, "labels_needed": needed}
-    if needed["gamma"] is not None and needed["random"] is not None:
-        entry["ratio"] = round(needed["gamma"] / needed["random"], 4)
-    elif needed["gamma"] is not None:  # random never got there: its final size is a lower bound
-        entry["ratio_upper_bound"] = round(needed["gamma"] / curves["random"][-1]["labelled"], 4)
-    elif needed["random"] is not None:  # γ never got there: it needs more than its final size
-        entry["ratio_lower_bound"] = round(curves["gamma"][-1]["labelled"] / needed["random"], 4)
-    # Independent of the target: accuracy of the last round of each arm (γ may have fewer labels: it adds only
-    # candidates inside the trust window).
-    final_gamma, final_random = curves["gamma"][-1], curves["random"][-1]
-    entry["final_rmse_ratio"] = round(final_gamma["test_rmse_forces"] / final_random["test_rmse_forces"], 4)
+    if "random" not in curves:
+        return entry
+    for arm in (arm for arm in SELECTION_ARMS if arm in curves):
+        suffix = "" if arm == "gamma" else f"_{arm}"
+        if needed[arm] is not None and needed["random"] is not None:
+            entry["ratio" + suffix] = round(needed[arm] / needed["random"], 4)
+        elif needed[arm] is not None:  # random never got there: its final size is a lower bound
+            entry["ratio_upper_bound" + suffix] = round(needed[arm] / curves["random"][-1]["labelled"], 4)
+        elif needed["random"] is not None:  # the selection never got there: it needs more than its final size
+            entry["ratio_lower_bound" + suffix] = round(curves[arm][-1]["labelled"] / needed["random"], 4)
+        # Independent of the target: accuracy of the last round of each arm (a selection may have fewer labels: it
+        # adds only candidates inside the trust window).
+        final_rmse = curves[arm][-1]["test_rmse_forces"] / curves["random"][-1]["test_rmse_forces"]
+        entry["final_rmse_ratio" + suffix] = round(final_rmse, 4)
     return entry
+
+
+def _median_of(entries: list[dict[str, Any]], key: str) -> float | None:
+    values = [entry[key] for entry in entries if key in entry]
+    return statistics.median(values) if values else None
 
 
 #: Other targets (eV/Å) the same curves are read at, so the result does not hinge on one chosen target.
@@ -194,27 +219,30 @@ def at_targets(seeds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     table = {}
     for target in OTHER_TARGETS:
         per_seed = [compare(entry["seed"], entry["curves"], target) for entry in seeds]
-        ratios = [entry["ratio"] for entry in per_seed if "ratio" in entry]
         table[str(target)] = {
             "labels_needed": [entry["labels_needed"] for entry in per_seed],
             "bounds": [text for entry in per_seed if "ratio" not in entry and (text := bound(entry))],
-            "ratio_median": statistics.median(ratios) if ratios else None,
-            "seeds_reached": len(ratios),
+            "ratio_median": _median_of(per_seed, "ratio"),
+            "seeds_reached": sum("ratio" in entry for entry in per_seed),
         }
+        if any("final_rmse_ratio_d_optimal" in entry for entry in per_seed):
+            table[str(target)]["ratio_median_d_optimal"] = _median_of(per_seed, "ratio_d_optimal")
+            table[str(target)]["bounds_d_optimal"] = [
+                text for entry in per_seed if "ratio_d_optimal" not in entry and (text := bound(entry, "_d_optimal"))
+            ]
     return table
 
 
 def summarise(mode: str, settings: dict[str, Any], seeds: list[dict[str, Any]], load_before) -> dict[str, Any]:
     ratios = [entry["ratio"] for entry in seeds if "ratio" in entry]
-    return {
+    result = {
         "benchmark": NAME,
         "mode": mode,
         "description": "labels needed to reach the test force RMSE target: gamma selection / random selection",
         "target_rmse_forces": settings["target"],
         "ratio": statistics.median(ratios) if ratios else math.nan,
         "ratio_seeds_reached": len(ratios),
-        "final_rmse_ratio_median": statistics.median([entry["final_rmse_ratio"] for entry in seeds]),
-        "other_targets": at_targets(seeds),
+        "final_rmse_ratio_median": _median_of(seeds, "final_rmse_ratio"),
         "target": 0.6,
         "seeds": seeds,
         "settings": settings,
@@ -223,14 +251,20 @@ def summarise(mode: str, settings: dict[str, Any], seeds: list[dict[str, Any]], 
         "pool_shares": list(POOLS[settings.get("pool_name", "balanced")]),
         "load_average": {"before": load_before, "after": load_average()},
     }
+    if any("final_rmse_ratio_d_optimal" in entry for entry in seeds):  # d_optimal ran next to random
+        result["ratio_d_optimal"] = _median_of(seeds, "ratio_d_optimal")
+        result["ratio_seeds_reached_d_optimal"] = sum("ratio_d_optimal" in entry for entry in seeds)
+        result["final_rmse_ratio_median_d_optimal"] = _median_of(seeds, "final_rmse_ratio_d_optimal")
+    result["other_targets"] = at_targets(seeds)
+    return result
 
 
-def bound(entry: dict[str, Any]) -> str | None:
+def bound(entry: dict[str, Any], suffix: str = "") -> str | None:
     """The ratio's bound when only one arm reached the target: ``<= x`` or ``> x``."""
-    if "ratio_upper_bound" in entry:
-        return f"<= {entry['ratio_upper_bound']}"
-    if "ratio_lower_bound" in entry:
-        return f"> {entry['ratio_lower_bound']}"
+    if "ratio_upper_bound" + suffix in entry:
+        return f"<= {entry['ratio_upper_bound' + suffix]}"
+    if "ratio_lower_bound" + suffix in entry:
+        return f"> {entry['ratio_lower_bound' + suffix]}"
     return None
 
 
@@ -241,14 +275,32 @@ def print_rows(mode: str, result: dict[str, Any]) -> None:
         for arm, curve in entry["curves"].items():
             points = ", ".join(f"{point['labelled']}:{point['test_rmse_forces']:.3f}" for point in curve)
             rows.append((f"seed {entry['seed']} {arm} (labels:RMSE eV/Å)", points))
-        shown = entry.get("ratio", bound(entry) or "n/a")
-        rows.append((f"seed {entry['seed']} labels needed γ / random", f"{entry['labels_needed']} -> {shown}"))
-        rows.append((f"seed {entry['seed']} final RMSE γ / random", f"{entry['final_rmse_ratio']:.3f}"))
-    rows += [
-        (f"median ratio (target {target} eV/Å)", f"{result['ratio']} over {result['ratio_seeds_reached']} seed(s)"),
-        ("median final RMSE ratio γ / random", f"{result['final_rmse_ratio_median']:.3f}"),
-        ("load average before / after", f"{result['load_average']['before']} / {result['load_average']['after']}"),
-    ]
+        rows.append((f"seed {entry['seed']} labels needed", str(entry["labels_needed"])))
+        for arm, suffix in (("γ", ""), ("d_optimal", "_d_optimal")):
+            if "final_rmse_ratio" + suffix in entry:
+                shown = entry.get("ratio" + suffix, bound(entry, suffix) or "n/a")
+                rows.append((f"seed {entry['seed']} labels {arm} / random", str(shown)))
+                rows.append(
+                    (f"seed {entry['seed']} final RMSE {arm} / random", f"{entry['final_rmse_ratio' + suffix]:.3f}")
+                )
+    rows.append(
+        (f"median ratio γ (target {target} eV/Å)", f"{result['ratio']} over {result['ratio_seeds_reached']} seed(s)")
+    )
+    if result.get("final_rmse_ratio_median") is not None:
+        rows.append(("median final RMSE ratio γ / random", f"{result['final_rmse_ratio_median']:.3f}"))
+    if "ratio_d_optimal" in result:
+        rows.append(
+            (
+                f"median ratio d_optimal (target {target} eV/Å)",
+                f"{result['ratio_d_optimal']} over {result['ratio_seeds_reached_d_optimal']} seed(s)",
+            )
+        )
+        rows.append(
+            ("median final RMSE ratio d_optimal / random", f"{result['final_rmse_ratio_median_d_optimal']:.3f}")
+        )
+    rows.append(
+        ("load average before / after", f"{result['load_average']['before']} / {result['load_average']['after']}")
+    )
     print_table(f"4. Label efficiency ({mode})", rows)
 
 
@@ -262,14 +314,18 @@ def merge(paths: list[Path], output: Path) -> dict[str, Any]:
         for r in results
     ):
         raise ValueError("results of different modes, targets or pools cannot be joined")
-    seeds = sorted(
-        (
-            compare(seed["seed"], seed["curves"], first["target_rmse_forces"])  # summarised again, with this code
-            for result in results
-            for seed in result["seeds"]
-        ),
-        key=lambda entry: entry["seed"],
-    )
+    curves: dict[int, dict[str, list]] = {}  # per seed, the arms of every run (a run may hold other arms)
+    for result in results:
+        for seed in result["seeds"]:
+            joined = curves.setdefault(seed["seed"], {})
+            if set(joined) & set(seed["curves"]):
+                raise ValueError(f"seed {seed['seed']}: arms {sorted(set(joined) & set(seed['curves']))} given twice")
+            joined.update(seed["curves"])
+    order = {arm: index for index, arm in enumerate(ARMS)}
+    seeds = [  # summarised again, with this code
+        compare(seed, dict(sorted(arms.items(), key=lambda item: order[item[0]])), first["target_rmse_forces"])
+        for seed, arms in sorted(curves.items())
+    ]
     settings = {**first["settings"], "seeds": [entry["seed"] for entry in seeds]}
     merged = summarise(first["mode"], settings, seeds, first["load_average"]["before"])
     loads = [result["load_average"] for result in results]

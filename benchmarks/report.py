@@ -124,31 +124,52 @@ def label_efficiency(result: dict) -> list[tuple[str, object]]:
         for arm, curve in seed["curves"].items():
             points = ", ".join(f"{p['labelled']}: {p['test_rmse_forces']:.3f}" for p in curve)
             rows.append((f"seed {seed['seed']} {arm} (labels: RMSE eV/Å)", points))
-        bounds = {"ratio_upper_bound": "≤", "ratio_lower_bound": ">"}
-        shown = seed.get("ratio") or next(
-            (f"{sign} {seed[key]}" for key, sign in bounds.items() if key in seed), "target not reached"
-        )
-        rows.append(
-            (
-                f"seed {seed['seed']} labels needed γ / random",
-                f"{seed['labels_needed']['gamma']} / {seed['labels_needed']['random']} → {shown}",
+        arms = list(seed["labels_needed"])
+        for name, suffix in (("γ", ""), ("d_optimal", "_d_optimal")):
+            if "final_rmse_ratio" + suffix not in seed:
+                continue
+            bounds = {"ratio_upper_bound" + suffix: "≤", "ratio_lower_bound" + suffix: ">"}
+            shown = seed.get("ratio" + suffix) or next(
+                (f"{sign} {seed[key]}" for key, sign in bounds.items() if key in seed), "target not reached"
             )
-        )
-        rows.append(
-            (f"seed {seed['seed']} last-round RMSE γ / random (γ has ≤ the labels)", f"{seed['final_rmse_ratio']:.3f}")
-        )
+            arm = "gamma" if name == "γ" else name
+            rows.append(
+                (
+                    f"seed {seed['seed']} labels needed {name} / random",
+                    f"{seed['labels_needed'][arm]} / {seed['labels_needed']['random']} → {shown}",
+                )
+            )
+            rows.append(
+                (
+                    f"seed {seed['seed']} last-round RMSE {name} / random ({name} has ≤ the labels)",
+                    f"{seed['final_rmse_ratio' + suffix]:.3f}",
+                )
+            )
     rows.append(
         (
-            "median ratio of labels needed",
+            "median ratio of labels needed, γ",
             f"**{result['ratio']}** over {result['ratio_seeds_reached']} seed(s) (target ≤ 0.6)",
         )
     )
     rows.append(("median final RMSE ratio γ / random", f"{result['final_rmse_ratio_median']:.3f}"))
+    if "ratio_d_optimal" in result:
+        rows.append(
+            (
+                "median ratio of labels needed, d_optimal",
+                f"**{result['ratio_d_optimal']}** over {result['ratio_seeds_reached_d_optimal']} seed(s)",
+            )
+        )
+        rows.append(
+            ("median final RMSE ratio d_optimal / random", f"{result['final_rmse_ratio_median_d_optimal']:.3f}")
+        )
     for target, entry in result.get("other_targets", {}).items():
-        needed = "; ".join(f"{n['gamma']} / {n['random']}" for n in entry["labels_needed"])
+        needed = "; ".join(" / ".join(str(n[arm]) for arm in arms) for n in entry["labels_needed"])
         median = "n/a" if entry["ratio_median"] is None else f"{entry['ratio_median']:.3f}"
         bounds = f", bounds {', '.join(entry['bounds'])}" if entry["bounds"] else ""
-        rows.append((f"at {target} eV/Å: labels γ / random per seed", f"{needed} → median {median}{bounds}"))
+        if "ratio_median_d_optimal" in entry:
+            value = entry["ratio_median_d_optimal"]
+            median += f" (d_optimal {'n/a' if value is None else f'{value:.3f}'})"
+        rows.append((f"at {target} eV/Å: labels {' / '.join(arms)} per seed", f"{needed} → median γ {median}{bounds}"))
     return rows
 
 

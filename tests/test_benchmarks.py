@@ -86,11 +86,12 @@ def test_storage_ratio(results):
 def test_label_efficiency_curves(results):
     result = results["label_efficiency"]
     (seed,) = result["seeds"]
-    for arm in ("gamma", "random"):
+    for arm in ("gamma", "d_optimal", "random"):
         curve = seed["curves"][arm]
         assert curve and all(positive_finite(point["test_rmse_forces"]) for point in curve)
         assert curve[0]["labelled"] == result["settings"]["initial"]
     assert positive_finite(result["final_rmse_ratio_median"])
+    assert positive_finite(result["final_rmse_ratio_median_d_optimal"])
     assert "ratio" in seed or "ratio_upper_bound" in seed or None in seed["labels_needed"].values()
     assert result["pool"] == "balanced" and len(result["pool_shares"]) == len(result["rattles"])
 
@@ -119,3 +120,52 @@ def test_label_efficiency_pools_hold_the_rattles_in_their_shares():
         scaled = atoms.cell.scaled_positions(atoms.positions)
         rms.append(np.sqrt((((scaled - (scaled * 8).round() / 8) @ atoms.cell.array) ** 2).mean()))
     assert len(pool) == 20 and max(rms[:18]) < min(rms[18:])  # 18 mild (0.05, 0.1 Å), then 2 rattled by 0.2 Å
+
+
+def _label_efficiency_module():
+    sys.path.insert(0, str(RUN.parent))
+    try:
+        import label_efficiency
+    finally:
+        sys.path.remove(str(RUN.parent))
+    return label_efficiency
+
+
+def _curve(*points):
+    return [
+        {"round": i + 1, "labelled": labelled, "test_rmse_forces": rmse} for i, (labelled, rmse) in enumerate(points)
+    ]
+
+
+def test_label_efficiency_runs_of_different_arms_are_joined_per_seed(tmp_path):
+    """A d_optimal-only run joins the γ and random curves of the same seeds; ratios per arm, bounds when one arm
+    never reached the target; an arm given twice for one seed is refused."""
+    label_efficiency = _label_efficiency_module()
+    settings = {"seeds": [0, 1], "target": 0.15}
+
+    def result(curves_per_seed):
+        seeds = [label_efficiency.compare(seed, curves, 0.15) for seed, curves in curves_per_seed.items()]
+        summary = label_efficiency.summarise("full", settings, seeds, [0.0, 0.0, 0.0])
+        summary.update(machine={}, versions={}, date="today")
+        return summary
+
+    first = result(
+        {
+            0: {"gamma": _curve((10, 0.3), (16, 0.14)), "random": _curve((10, 0.3), (16, 0.2), (22, 0.1))},
+            1: {"gamma": _curve((10, 0.3), (16, 0.2)), "random": _curve((10, 0.3), (16, 0.12))},
+        }
+    )
+    assert first["ratio"] == pytest.approx(16 / 22, abs=1e-4) and "ratio_d_optimal" not in first
+    second = result({0: {"d_optimal": _curve((10, 0.3), (16, 0.25), (22, 0.13))}, 1: {"d_optimal": _curve((10, 0.1))}})
+    paths = [tmp_path / "first.json", tmp_path / "second.json"]
+    for path, content in zip(paths, (first, second), strict=True):
+        path.write_text(json.dumps(content))
+    merged = label_efficiency.merge(paths, tmp_path / "merged.json")
+    seed_0, seed_1 = merged["seeds"]
+    assert list(seed_0["curves"]) == ["gamma", "d_optimal", "random"]
+    assert seed_0["ratio_d_optimal"] == 1.0 and seed_0["ratio"] == pytest.approx(16 / 22, abs=1e-4)
+    assert seed_1["ratio_d_optimal"] == pytest.approx(10 / 16, abs=1e-4) and seed_1["ratio_lower_bound"] == 1.0
+    assert merged["ratio_d_optimal"] == pytest.approx((1.0 + 10 / 16) / 2, abs=1e-4)
+    assert merged["ratio_seeds_reached_d_optimal"] == 2 and merged["ratio_seeds_reached"] == 1
+    with pytest.raises(ValueError, match=r"seed 0: arms \['d_optimal'\] given twice"):
+        label_efficiency.merge([paths[0], paths[1], paths[1]], tmp_path / "twice.json")
