@@ -308,9 +308,9 @@ def merge(paths: list[Path], output: Path) -> dict[str, Any]:
     """Join the seeds of several results (same mode and settings) into one result, summarised again."""
     results = [json.loads(Path(path).read_text()) for path in paths]
     first = results[0]
-    if any(
-        (r["mode"], r["target_rmse_forces"], r.get("pool"))
-        != (first["mode"], first["target_rmse_forces"], first.get("pool"))
+    if any(  # results from before the pools were named ran the balanced one
+        (r["mode"], r["target_rmse_forces"], r.get("pool", "balanced"))
+        != (first["mode"], first["target_rmse_forces"], first.get("pool", "balanced"))
         for r in results
     ):
         raise ValueError("results of different modes, targets or pools cannot be joined")
