@@ -1,10 +1,11 @@
 """Label efficiency: labelled structures needed to reach a held-out force RMSE target with γ selection, divided by
 what random selection needs, with the same start, pool, budget per round and training settings.
 
-Both arms run the same loop, AiiDA-free so that only the selection differs: ``PacemakerRunner`` fits (warm-started
+Every arm runs the same loop, AiiDA-free so that only the selection differs: ``PacemakerRunner`` fits (warm-started
 from the previous round's potential, as the workchain does), the test force RMSE of the delivered model is read,
-then the next structures are chosen (γ: the ``select_structures`` functions the workchain's SelectionCalculation
-runs, with its default trust window; random: uniformly from the remaining pool) and labelled with EMT.
+then the next structures are chosen (γ and d_optimal: the ``select_structures`` functions the workchain's
+SelectionCalculation runs, with its default trust window, highest γ first or ``pace_select``'s D-optimal set;
+random: uniformly from the remaining pool) and labelled with EMT.
 Every arm runs all rounds, so the whole learning curve is reported and the target is applied afterwards.
 
 Two candidate pools (``AUTOPIPEC_BENCHMARK_POOL``): ``balanced`` holds mild and strong distortions in the same shares
