@@ -14,6 +14,7 @@ Units: energies in eV, forces in eV/Å, positions and cells in Å.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import gc
 import os
@@ -34,10 +35,7 @@ __all__ = [
     "StructureArrays",
     "UnitsWarning",
     "fit_reference_energies",
-    "pickle_compression",
     "read_ase_db",
-    "read_extxyz",
-    "read_pacemaker_pickle",
     "select_database_rows",
     "structure_weight_columns",
     "to_pacemaker_dataframe",
@@ -188,6 +186,12 @@ class StructureArrays:
     pbc: np.ndarray  # (n_structures, 3) bool
     energies: np.ndarray  # (n_structures,) eV
     labelled: bool = True  # False: energies and forces are all NaN
+    # Optional, see :mod:`aiida_autopipec.learning.label_extras`: kept by take/concatenate/npz, dropped by new labels.
+    stress: np.ndarray | None = None  # (n_structures, 3, 3) eV/Å³ (ASE sign), NaN rows where none
+    energy_weights: np.ndarray | None = None  # (n_structures,) Pacemaker's w_energy
+    force_weights: np.ndarray | None = None  # (n_atoms,) Pacemaker's w_forces
+    reference_energies: Mapping[str, float] | None = None  # eV/atom belonging to the energies (0: corrected)
+    energies_corrected: bool = False  # energies are already corrected (Pacemaker's energy_corrected only)
 
     FIELDS = ("numbers", "positions", "forces", "natoms", "cells", "pbc", "energies")
     #: Fields that hold labels: not written for unlabelled sets.
@@ -197,6 +201,13 @@ class StructureArrays:
 
     def __post_init__(self) -> None:
         self.validate()
+        from aiida_autopipec.learning.label_extras import validate_extras
+
+        validate_extras(self)
+
+    def with_extras(self, **extras: Any) -> StructureArrays:
+        """The same structures with optional data replaced (``stress``, weights, ``reference_energies``, ...)."""
+        return dataclasses.replace(self, **extras)
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -309,8 +320,12 @@ class StructureArrays:
                 f"cannot join labelled and unlabelled structures (parts {unlabelled} are unlabelled): "
                 "label the candidates first, or drop the labels of the others"
             )
+        from aiida_autopipec.learning.label_extras import join_extras
+
         return cls(
-            **{name: np.concatenate([getattr(p, name) for p in parts]) for name in cls.FIELDS}, labelled=flags[0]
+            **{name: np.concatenate([getattr(p, name) for p in parts]) for name in cls.FIELDS},
+            labelled=flags[0],
+            **(join_extras(parts) if flags[0] else {}),
         )
 
     def take(self, indices: Sequence[int]) -> StructureArrays:
@@ -320,6 +335,8 @@ class StructureArrays:
             raise DatasetError("the dataset is empty: at least one structure is required")
         if (indices < 0).any() or (indices >= self.num_structures).any():
             raise DatasetError(f"structure indices {indices.tolist()} outside 0..{self.num_structures - 1}")
+        from aiida_autopipec.learning.label_extras import take_extras
+
         offsets = self.offsets
         atoms = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in indices])
         return StructureArrays(
@@ -331,6 +348,7 @@ class StructureArrays:
             pbc=self.pbc[indices],
             energies=self.energies[indices],
             labelled=self.labelled,
+            **take_extras(self, indices, atoms),
         )
 
     def with_labels(self, energies: np.ndarray, forces: np.ndarray) -> StructureArrays:
@@ -553,6 +571,8 @@ class StructureArrays:
 
         An unlabelled set gives structures without a calculator.
         """
+        from aiida_autopipec.learning.label_extras import stress_of
+
         structures = []
         offsets = self.offsets
         for i in range(self.num_structures):
@@ -564,8 +584,12 @@ class StructureArrays:
                 pbc=self.pbc[i],
             )
             if with_labels and self.labelled:
+                stress = stress_of(self, i) if self.stress is not None else None
                 atoms.calc = SinglePointCalculator(
-                    atoms, energy=float(self.energies[i]), forces=self.forces[start:stop].copy()
+                    atoms,
+                    energy=float(self.energies[i]),
+                    forces=self.forces[start:stop].copy(),
+                    **({"stress": stress} if stress is not None else {}),
                 )
             structures.append(atoms)
         return structures
@@ -581,7 +605,9 @@ class StructureArrays:
             arrays[self.LABELLED_KEY] = np.array(False)
             for name in self.LABEL_FIELDS:
                 del arrays[name]
-        np.savez(handle, **arrays)
+        from aiida_autopipec.learning.label_extras import extras_to_npz
+
+        np.savez(handle, **arrays, **extras_to_npz(self))
 
     @classmethod
     def load_npz(cls, handle: IO[bytes] | str | os.PathLike) -> StructureArrays:
@@ -604,7 +630,9 @@ class StructureArrays:
             if not labelled:  # older unlabelled files carry NaN arrays, newer ones none: the same set either way
                 fields["energies"] = np.full(len(fields["natoms"]), np.nan)
                 fields["forces"] = np.full((len(fields["numbers"]), 3), np.nan)
-            return cls(**fields, labelled=labelled)
+            from aiida_autopipec.learning.label_extras import extras_from_npz
+
+            return cls(**fields, labelled=labelled, **extras_from_npz(data))
 
 
 def fit_reference_energies(arrays: StructureArrays, elements: Sequence[str]) -> dict[str, float]:
@@ -716,23 +744,6 @@ def write_pacemaker_dataset(path: str | os.PathLike, arrays: StructureArrays, re
     return path
 
 
-def read_extxyz(path: str | os.PathLike, index: str = ":") -> list[Atoms]:
-    """Read labelled structures from an (ext)xyz file, with clear errors for missing or corrupt files."""
-    from ase.io import read
-
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
-    try:
-        structures = read(path, index=index, format="extxyz")
-    except Exception as exc:
-        raise DatasetError(f"{path}: cannot be read as extxyz: {exc}") from exc
-    structures = structures if isinstance(structures, list) else [structures]
-    if not structures:
-        raise DatasetError(f"{path}: contains no structures")
-    return structures
-
-
 def write_extxyz(path: str | os.PathLike, structures: Sequence[Atoms]) -> Path:
     from ase.io import write
 
@@ -796,37 +807,13 @@ def select_database_rows(
     return rows
 
 
-def pickle_compression(path: str | os.PathLike) -> str | None:
-    """``"gzip"`` for a gzip file (Pacemaker's ``.pckl.gzip``, which pandas does not recognise by name), else None."""
-    with Path(path).open("rb") as handle:
-        return "gzip" if handle.read(2) == b"\x1f\x8b" else None
+#: Readers live in :mod:`aiida_autopipec.learning.readers`; importing them from here keeps working.
+_READERS = ("pickle_compression", "read_extxyz", "read_pacemaker_frame", "read_pacemaker_pickle")
 
 
-def read_pacemaker_pickle(path: str | os.PathLike) -> list[Atoms]:
-    """Structures with total energies (eV) and forces (eV/Å) from Pacemaker's gzip-pickled DataFrame.
+def __getattr__(name: str) -> Any:
+    if name in _READERS:
+        from aiida_autopipec.learning import readers
 
-    Unpickling runs arbitrary code from the file: call this only for files you trust.
-    """
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
-    try:
-        frame = pd.read_pickle(path, compression=pickle_compression(path))
-    except Exception as exc:
-        raise DatasetError(f"{path}: cannot be read as a pickled DataFrame: {exc}") from exc
-    missing = [column for column in ("ase_atoms", "energy", "forces") if column not in getattr(frame, "columns", ())]
-    if missing:
-        raise DatasetError(f"{path}: not a Pacemaker dataset, column(s) {missing} are missing")
-    structures = []
-    rows = zip(frame["ase_atoms"], frame["energy"], frame["forces"], strict=True)
-    for index, (atoms, energy, forces) in enumerate(rows):
-        if not isinstance(atoms, Atoms):
-            raise DatasetError(f"{path}: row {index}: ase_atoms is a {type(atoms).__name__}, not ase.Atoms")
-        atoms = atoms.copy()
-        atoms.calc = SinglePointCalculator(atoms, energy=float(energy), forces=np.asarray(forces, dtype=float))
-        structures.append(atoms)
-    if not structures:
-        raise DatasetError(f"{path}: contains no structures")
-    return structures
+        return getattr(readers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

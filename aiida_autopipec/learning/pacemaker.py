@@ -110,9 +110,12 @@ def resolve_reference_energies(
     elements: Sequence[str],
     previous: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
-    """Reference energies (eV/atom) for every element: given by the user, inherited from a warm start, or fitted.
+    """Reference energies (eV/atom) for every element, first of: given by the user (a dict in the parameters),
+    inherited from a warm start, recorded with the data (``arrays.reference_energies``: 0 for energies that are
+    already corrected, so nothing is subtracted twice), or fitted by least squares.
 
-    A warm start must reuse the references of the potential it continues, or its energies would shift.
+    A warm start must reuse the references of the potential it continues, or its energies would shift; it cannot
+    continue with already-corrected energies if that potential subtracted non-zero references.
     """
     if isinstance(training.reference_energies, dict):
         missing = sorted(set(elements) - set(training.reference_energies))
@@ -123,8 +126,59 @@ def resolve_reference_energies(
         missing = sorted(set(elements) - set(previous))
         if missing:
             raise DatasetError(f"initial potential has no reference energy for element(s) {missing}")
+        if arrays.energies_corrected and any(float(previous[element]) != 0.0 for element in elements):
+            raise DatasetError(
+                "the training energies are already corrected (reference energies 0) but the initial potential "
+                f"subtracts {dict(previous)} eV/atom: its energies would be shifted; give reference_energies "
+                "explicitly, or warm-start from a potential fitted on corrected energies"
+            )
         return {element: float(previous[element]) for element in elements}
+    recorded = arrays.reference_energies
+    if recorded is not None:  # elements without data (and so without a recorded value) get 0, as a fit gives them
+        return {element: float(recorded.get(element, 0.0)) for element in elements}
     return fit_reference_energies(arrays, elements)
+
+
+def check_reference_state(arrays: StructureArrays, test_arrays: StructureArrays | None) -> None:
+    """Training and test energies on the same scale (both total, or both already corrected), and every structure
+    fully periodic or not periodic at all (Pacemaker's neighbour lists support nothing else)."""
+    if test_arrays is not None and test_arrays.energies_corrected != arrays.energies_corrected:
+        which = ("training", "test") if arrays.energies_corrected else ("test", "training")
+        raise DatasetError(
+            f"the {which[0]} energies are already corrected (reference energies 0) but the {which[1]} energies "
+            "are total energies: errors on the test set would be meaningless; import both the same way"
+        )
+    for label, data in (("training", arrays), ("test", test_arrays)):
+        partial = np.flatnonzero(data.pbc.any(axis=1) & ~data.pbc.all(axis=1)) if data is not None else []
+        if len(partial):
+            raise DatasetError(
+                f"{label} structure {int(partial[0])}: periodic along some axes only (pbc "
+                f"{data.pbc[partial[0]].tolist()}); Pacemaker supports fully periodic or non-periodic structures"
+            )
+
+
+def fit_weights(
+    arrays: StructureArrays, test_arrays: StructureArrays | None, structure_weights: Sequence[float] | None
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Pacemaker's weight columns for the training and test frames: from ``structure_weights`` (one per training
+    structure; wins), else the weights stored with the data (per structure and per atom), else none.
+
+    When the training frame has weights the test frame gets its own stored ones or 1 (Pacemaker joins the frames:
+    weights missing in one would be NaN); they do not enter the fit.
+    """
+    if structure_weights is not None:
+        energy_weights, force_weights = structure_weight_columns(arrays, structure_weights)
+    elif arrays.energy_weights is not None:
+        energy_weights, force_weights = arrays.energy_weights, arrays.force_weights
+    else:
+        return {}, {}
+    weights = {"energy_weights": energy_weights, "force_weights": force_weights}
+    if test_arrays is None:
+        return weights, {}
+    if test_arrays.energy_weights is not None:
+        return weights, {"energy_weights": test_arrays.energy_weights, "force_weights": test_arrays.force_weights}
+    energy_weights, force_weights = structure_weight_columns(test_arrays, np.ones(test_arrays.num_structures))
+    return weights, {"energy_weights": energy_weights, "force_weights": force_weights}
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -183,7 +237,9 @@ def prepare_fit(
     The one place that prepares a fit, for the plain runner and the AiiDA CalcJob alike. A warm start reuses the
     reference energies and repulsion cutoffs of the potential it continues, lowering the cutoffs of pairs that the
     new data bring closer (:func:`warm_start_repulsion`; the returned ``lowered`` says which).
-    ``structure_weights`` (one per training structure) become Pacemaker's weight columns; ``evaluation_subsets``
+    ``structure_weights`` (one per training structure) become Pacemaker's weight columns (without them, the
+    weights stored with the data, if any: :func:`fit_weights`); reference energies: :func:`resolve_reference_energies`;
+    ``evaluation_subsets``
     (name -> training structure indices) are evaluated separately with the delivered model. Returns the evaluation
     settings.
     """
@@ -192,6 +248,7 @@ def prepare_fit(
     arrays.check_elements(config.elements)
     if test_arrays is not None:
         test_arrays.check_elements(config.elements)
+    check_reference_state(arrays, test_arrays)
     references = resolve_reference_energies(config.training, arrays, config.elements, initial_reference_energies)
     shortest = shortest_pair_distances(arrays.to_atoms(with_labels=False), config.elements)
     lowered: dict[str, dict[str, list[float]]] = {}
@@ -210,13 +267,7 @@ def prepare_fit(
         zbl_params=initial_zbl_params,
     )
     delta = generator.zbl_params if config.training.baseline == "zbl_delta" else None
-    weights, test_weights = {}, {}
-    if structure_weights is not None:
-        energy_weights, force_weights = structure_weight_columns(arrays, structure_weights)
-        weights = {"energy_weights": energy_weights, "force_weights": force_weights}
-        if test_arrays is not None:  # Pacemaker joins train and test: weights missing in one would be NaN
-            energy_weights, force_weights = structure_weight_columns(test_arrays, np.ones(test_arrays.num_structures))
-            test_weights = {"energy_weights": energy_weights, "force_weights": force_weights}
+    weights, test_weights = fit_weights(arrays, test_arrays, structure_weights)
     write_pacemaker_dataset(folder / files.TRAINING_DATA, arrays, references, baseline_cutoffs=delta, **weights)
     if test_arrays is not None:
         write_pacemaker_dataset(
