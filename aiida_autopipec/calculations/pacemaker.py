@@ -77,7 +77,7 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
             missing = sorted(set(data.elements) - set(config.elements))
             if missing:
                 return f"{label}: contains element(s) {missing} that are not in elements {config.elements}"
-    message = _validate_weights_and_subsets(inputs, settings)
+    message = _validate_weights_and_subsets(inputs, settings) or _validate_reference_state(inputs, config)
     if message:
         return message
     message = validate_gpu_request(inputs, config.training.device)
@@ -130,12 +130,46 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
     return None
 
 
+def _validate_reference_state(inputs: dict, config: SystemConfig) -> str | None:
+    """Training and test energies on the same scale; a warm start from a potential that subtracted non-zero
+    references cannot continue on energies that are already corrected (unless references are given)."""
+    training_set, test_set = inputs.get("training_set"), inputs.get("test_set")
+    corrected = training_set is not None and training_set.energies_corrected
+    if test_set is not None and test_set.energies_corrected != corrected:
+        which = ("training_set", "test_set") if corrected else ("test_set", "training_set")
+        return (
+            f"{which[0]}: its energies are already corrected (reference energies 0) but those of {which[1]} are "
+            "total energies; import both the same way"
+        )
+    initial = inputs.get("initial_potential")
+    references = (initial.reference_energies or {}) if initial is not None else {}
+    if corrected and not isinstance(config.training.reference_energies, dict) and any(references.values()):
+        return (
+            "initial_potential: subtracts reference energies "
+            f"{references} eV/atom but the training energies are already corrected (reference energies 0); give "
+            "parameters.reference_energies explicitly or warm-start from a potential fitted on corrected energies"
+        )
+    return None
+
+
 def _validate_weights_and_subsets(inputs: dict, settings: dict) -> str | None:
     """``structure_weights``: one finite weight > 0 per training structure, not mixed with a Pacemaker weighting
     policy; ``evaluation_subsets``: non-empty lists of valid training structure indices."""
     training_set = inputs.get("training_set")
     count = training_set.num_structures if training_set is not None else 0
     weights = inputs.get("structure_weights")
+    pacemaker = settings.get("pacemaker") or {}
+    if (
+        weights is None
+        and training_set is not None
+        and training_set.base.attributes.get("has_weights", False)
+        and "weighting" in (pacemaker.get("fit") or {})
+        and not (pacemaker.get("data") or {}).get("ignore_weights")
+    ):
+        return (
+            "settings.pacemaker.fit.weighting: the training set carries weights (w_energy/w_forces), which Pacemaker "
+            "would use instead; set settings.pacemaker.data.ignore_weights to apply the policy, or drop it"
+        )
     if weights is not None:
         values = weights.get_list()
         if len(values) != count:
@@ -212,7 +246,8 @@ class PacemakerCalculation(CalcJob):
             required=False,
             help=(
                 "One weight (finite, > 0) per training structure, for its energy and every one of its forces "
-                "(Pacemaker's w_energy/w_forces); only relative values matter. Without it all weigh the same."
+                "(Pacemaker's w_energy/w_forces); only relative values matter. Without it the weights stored with "
+                "the training set (imported w_energy/w_forces) are used, else all weigh the same."
             ),
         )
         spec.input(

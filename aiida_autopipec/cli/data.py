@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import click
 
@@ -28,21 +29,42 @@ def detect_format(path: Path) -> str:
 
 def import_structures(path: Path, file_format: str = "auto", select: str | None = None, trust_pickle: bool = False):
     """ASE structures with labels from ``path``; a pickle is read only with ``trust_pickle`` (it can run code)."""
-    from aiida_autopipec.learning.dataset import read_ase_db, read_extxyz, read_pacemaker_pickle
+    from aiida_autopipec.learning.dataset import read_ase_db
 
+    file_format = _check_format_options(path, file_format, select, trust_pickle)
+    if file_format == "db":
+        return read_ase_db(path, select, progress=_progress_bar(path))
+    return read_file(path, file_format, trust_pickle=trust_pickle).arrays.to_atoms()
+
+
+def _check_format_options(path: Path, file_format: str, select, trust_pickle: bool, keys: tuple = ()) -> str:
+    """The file format; options that do not apply to it, and untrusted pickles, are usage errors."""
     file_format = detect_format(path) if file_format == "auto" else file_format
     if select is not None and file_format != "db":
         raise click.BadParameter("only applies to ASE databases", param_hint="--select")
+    if any(keys) and file_format != "extxyz":
+        raise click.BadParameter("only applies to extxyz files", param_hint="--energy-key/--forces-key")
+    if file_format == "pickle" and not trust_pickle:
+        raise click.UsageError(
+            f"{path} is a pickle: loading it can execute arbitrary code. If you trust the file, import it with "
+            "`autopipec data import FILE --trust-pickle` (or convert it to extxyz)."
+        )
+    return file_format
+
+
+def read_file(path: Path, file_format: str, select: str | None = None, **options):
+    """:class:`~aiida_autopipec.learning.readers.ImportedData` of ``path`` (format already checked)."""
+    from aiida_autopipec.learning.dataset import StructureArrays
+    from aiida_autopipec.learning.readers import ImportedData, read_extxyz_data, read_pacemaker_frame
+
+    trust_pickle = options.pop("trust_pickle", False)
+    energy_key, forces_key = options.pop("energy_key", None), options.pop("forces_key", None)
     if file_format == "pickle":
-        if not trust_pickle:
-            raise click.UsageError(
-                f"{path} is a pickle: loading it can execute arbitrary code. If you trust the file, import it with "
-                "`autopipec data import FILE --trust-pickle` (or convert it to extxyz)."
-            )
-        return read_pacemaker_pickle(path)
-    if file_format == "db":
-        return read_ase_db(path, select, progress=_progress_bar(path))
-    return read_extxyz(path)
+        assert trust_pickle  # checked by _check_format_options
+        return read_pacemaker_frame(path, **options)
+    if file_format == "db":  # rows straight to arrays
+        return ImportedData(StructureArrays.from_ase_db(path, select, progress=_progress_bar(path), **options))
+    return read_extxyz_data(path, energy_key=energy_key, forces_key=forces_key, **options)
 
 
 def _progress_bar(path: Path):
@@ -59,24 +81,64 @@ def _progress_bar(path: Path):
     return progress
 
 
-def import_training_set(path: Path, file_format: str = "auto", select: str | None = None, **options):
-    """A stored TrainingSetData of the structures in ``path``; bad files give a ClickException naming the problem."""
-    from aiida_autopipec.data import TrainingSetData
-    from aiida_autopipec.learning.dataset import DatasetError, StructureArrays
+class ImportResult(NamedTuple):
+    """What :func:`import_training_set_with_status` did: the stored node, whether it already existed (same
+    content: structures, labels, weights, reference energies), and the reader's notes for the user."""
 
-    trust_pickle = options.pop("trust_pickle", False)
+    node: Any
+    reused: bool
+    notes: list[str]
+
+    def message(self) -> str:
+        """One line for the user when the file was already stored, else ''."""
+        return f"already stored as TrainingSetData<{self.node.pk}>: reusing it" if self.reused else ""
+
+
+def find_stored_training_set(training_set):
+    """A stored TrainingSetData with exactly the content of ``training_set`` (same ``content_hash``, which covers
+    structures, labels, stress, weights and reference energies, and the same ``labelled`` flag), or None."""
+    from aiida import orm
+
+    from aiida_autopipec.data import TrainingSetData
+
+    query = orm.QueryBuilder().append(
+        TrainingSetData, filters={"attributes.content_hash": training_set.content_hash}, project="*"
+    )
+    query.order_by({TrainingSetData: {"id": "asc"}})
+    for (node,) in query.iterall():
+        if node.labelled == training_set.labelled:
+            return node
+    return None
+
+
+def import_training_set_with_status(
+    path: Path, file_format: str = "auto", select: str | None = None, *, force_new: bool = False, **options
+) -> ImportResult:
+    """Store the structures of ``path`` as a TrainingSetData, or return the stored one with exactly that content
+    (unless ``force_new``). Options: ``trust_pickle``, ``energy_key``/``forces_key`` (extxyz), ``labelled``,
+    ``elements``. Bad files and options give a Click error before anything is stored."""
+    from aiida_autopipec.data import TrainingSetData
+    from aiida_autopipec.learning.dataset import DatasetError
+
+    keys = (options.get("energy_key"), options.get("forces_key"))
+    file_format = _check_format_options(path, file_format, select, options.get("trust_pickle", False), keys)
     try:
-        if (detect_format(path) if file_format == "auto" else file_format) == "db":  # rows straight to arrays
-            arrays = StructureArrays.from_ase_db(path, select, progress=_progress_bar(path), **options)
-            training_set = TrainingSetData(arrays=arrays)
-        else:
-            structures = import_structures(path, file_format, select, trust_pickle)
-            training_set = TrainingSetData.from_ase(structures, **options)
+        training_set = TrainingSetData.from_imported(read_file(path, file_format, select, **options))
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from exc
+    existing = None if force_new else find_stored_training_set(training_set)
+    if existing is not None:
+        return ImportResult(existing, True, training_set.import_notes)
     training_set.label = path.name
     training_set.description = f"imported from {path.resolve()}" + (f" (selection {select!r})" if select else "")
-    return training_set.store()
+    return ImportResult(training_set.store(), False, training_set.import_notes)
+
+
+def import_training_set(path: Path, file_format: str = "auto", select: str | None = None, **options):
+    """A stored TrainingSetData of the structures in ``path`` (the already stored one with the same content unless
+    ``force_new=True``); bad files give a ClickException naming the problem. See
+    :func:`import_training_set_with_status` to learn whether it was reused."""
+    return import_training_set_with_status(path, file_format, select, **options).node
 
 
 @autopipec.group()
@@ -96,10 +158,52 @@ def data() -> None:
 )
 @click.option("--select", default=None, help="ASE database selection, e.g. 'natoms<20,energy<0'.")
 @click.option("--trust-pickle", is_flag=True, help="Allow reading a Pacemaker pickle (runs code from the file).")
+@click.option("--energy-key", default=None, help="extxyz: take the energy (eV) from atoms.info[KEY], e.g. REF_energy.")
+@click.option(
+    "--forces-key", default=None, help="extxyz: take the forces (eV/Å) from atoms.arrays[KEY], e.g. REF_forces."
+)
 @click.option("--unlabelled", is_flag=True, help="Keep only the structures (active-learning candidates).")
-def import_command(source: Path, file_format: str, select: str | None, trust_pickle: bool, unlabelled: bool) -> None:
-    """Store SOURCE (extxyz, ASE database or Pacemaker pickle) as a TrainingSetData and print a summary."""
+@click.option("--force-new", is_flag=True, help="Store a new node even if one with exactly this content exists.")
+def import_command(
+    source: Path,
+    file_format: str,
+    select: str | None,
+    trust_pickle: bool,
+    energy_key: str | None,
+    forces_key: str | None,
+    unlabelled: bool,
+    force_new: bool,
+) -> None:
+    """Store SOURCE (extxyz, ASE database or Pacemaker pickle) as a TrainingSetData and print a summary.
+
+    Pacemaker pickles are read as Pacemaker reads them: energy_corrected without energy is stored with reference
+    energies 0 (nothing is subtracted again in fits), w_energy/w_forces weights are kept and used by fits, other
+    columns are ignored. Importing the same content twice returns the stored node (unless --force-new).
+    """
     load_or_create_profile()
-    training_set = import_training_set(source, file_format, select, trust_pickle=trust_pickle, labelled=not unlabelled)
-    click.echo(training_set_summary(training_set))
-    click.echo(f"PK {training_set.pk}  UUID {training_set.uuid}")
+    result = import_training_set_with_status(
+        source,
+        file_format,
+        select,
+        force_new=force_new,
+        trust_pickle=trust_pickle,
+        energy_key=energy_key,
+        forces_key=forces_key,
+        labelled=not unlabelled,
+    )
+    if result.reused:
+        click.echo(result.message())
+    click.echo(training_set_summary(result.node))
+    for line in _details(result):
+        click.echo(f"  {line}")
+    click.echo(f"PK {result.node.pk}  UUID {result.node.uuid}")
+
+
+def _details(result: ImportResult) -> list[str]:
+    """Reference energies, weights, stress and the reader's notes, for the summary."""
+    node, lines = result.node, []
+    if node.reference_energies is not None and not node.energies_corrected:
+        text = ", ".join(f"{element} {value:.6g}" for element, value in node.reference_energies.items())
+        lines.append(f"reference energies (eV/atom, subtracted by fits): {text}")
+    lines += [f"note: {note}" for note in result.notes]
+    return lines

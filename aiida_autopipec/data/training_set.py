@@ -12,11 +12,9 @@ import numpy as np
 from aiida import orm
 from ase import Atoms
 
-from aiida_autopipec.learning.dataset import (
-    DatasetError,
-    StructureArrays,
-    read_extxyz,
-)
+from aiida_autopipec.learning.dataset import DatasetError, StructureArrays
+from aiida_autopipec.learning.label_extras import hash_extras
+from aiida_autopipec.learning.readers import ImportedData, read_extxyz_data, read_pacemaker_frame
 
 __all__ = ["TrainingSetData"]
 
@@ -30,6 +28,7 @@ def _content_hash(arrays: StructureArrays) -> str:
         value = np.ascontiguousarray(getattr(arrays, name))
         digest.update(f"{name}:{value.dtype.str}:{value.shape}".encode())
         digest.update(value.tobytes())
+    hash_extras(arrays, digest)  # stress, weights, reference energies: only when present
     return digest.hexdigest()
 
 
@@ -40,7 +39,11 @@ class TrainingSetData(orm.Data):
     The data live in the file repository as ``.npz`` shards (loaded with ``allow_pickle=False``), one per addition,
     so a merged set re-uses the files of its parts (the repository de-duplicates them) instead of copying them.
     Attributes: ``num_structures``, ``num_atoms``, ``elements``, ``content_hash``, ``labelled``, the list of
-    ``shards`` and, for labelled sets only, ``energy_range`` (eV) and ``max_abs_force`` (eV/Å).
+    ``shards`` and, for labelled sets only, ``energy_range`` (eV) and ``max_abs_force`` (eV/Å). When the data have
+    them: ``reference_energies`` ({element: eV/atom} belonging to the energies; a fit subtracts them unless its
+    parameters give explicit ones), ``energies_corrected`` (True: energies already corrected, references 0),
+    ``has_weights`` (Pacemaker's w_energy/w_forces, used by fits without ``structure_weights``), ``has_stress``
+    (eV/Å³), and ``import_notes`` (what the reader found, kept or ignored).
     """
 
     def __init__(self, arrays: StructureArrays | None = None, **kwargs: Any):
@@ -60,9 +63,37 @@ class TrainingSetData(orm.Data):
         return cls(arrays=StructureArrays.from_atoms(structures, elements, labelled=labelled))
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, index: str = ":", **kwargs: Any) -> TrainingSetData:
-        """From an extxyz file with energies and forces (``labelled=False``: structures only)."""
-        return cls.from_ase(read_extxyz(path, index), **kwargs)
+    def from_file(
+        cls,
+        path: str | os.PathLike,
+        index: str = ":",
+        *,
+        energy_key: str | None = None,
+        forces_key: str | None = None,
+        **kwargs: Any,
+    ) -> TrainingSetData:
+        """From an extxyz file with energies (eV) and forces (eV/Å); stress (eV/Å³, or virial in eV converted to
+        stress = −virial/volume) is kept when present. ``energy_key``/``forces_key``: take the labels from
+        ``atoms.info[energy_key]`` and ``atoms.arrays[forces_key]`` (e.g. ``REF_energy``/``REF_forces``).
+        ``labelled=False``: structures only; ``elements``: the allowed elements."""
+        return cls.from_imported(read_extxyz_data(path, index, energy_key, forces_key, **kwargs))
+
+    @classmethod
+    def from_pacemaker_pickle(cls, path: str | os.PathLike, **kwargs: Any) -> TrainingSetData:
+        """From Pacemaker's (gzip-)pickled DataFrame as Pacemaker accepts it: ``energy_corrected`` with or without
+        ``energy``, optional ``w_energy``/``w_forces`` (see :mod:`aiida_autopipec.learning.readers`).
+
+        Unpickling runs arbitrary code from the file: only for files you trust.
+        """
+        return cls.from_imported(read_pacemaker_frame(path, **kwargs))
+
+    @classmethod
+    def from_imported(cls, imported: ImportedData) -> TrainingSetData:
+        """From a reader's result; its notes are kept in the ``import_notes`` attribute."""
+        node = cls(arrays=imported.arrays)
+        if imported.notes:
+            node.base.attributes.set("import_notes", list(imported.notes))
+        return node
 
     @classmethod
     def from_ase_db(cls, path: str | os.PathLike, selection: Any = None, **key_value_pairs: Any) -> TrainingSetData:
@@ -102,6 +133,13 @@ class TrainingSetData(orm.Data):
             raise DatasetError(
                 f"cannot merge labelled and unlabelled sets (sets {unlabelled} are unlabelled): "
                 "label the candidates first, or merge their without_labels() copies"
+            )
+        corrected = [index for index, training_set in enumerate(training_sets) if training_set.energies_corrected]
+        if corrected and len(corrected) != len(training_sets):
+            raise DatasetError(
+                f"cannot merge sets whose energies are already corrected (sets {corrected}: Pacemaker's "
+                "energy_corrected, reference energies 0) with sets of total energies: they are on different scales; "
+                "import total energies for all, or correct the others with the same references first"
             )
         merged = cls()
         shards = []
@@ -153,6 +191,15 @@ class TrainingSetData(orm.Data):
         if joined.labelled:
             attributes.set("energy_range", [float(joined.energies.min()), float(joined.energies.max())])
             attributes.set("max_abs_force", float(np.abs(joined.forces).max()))
+        optional = {
+            "reference_energies": joined.reference_energies,
+            "energies_corrected": joined.energies_corrected or None,
+            "has_weights": joined.energy_weights is not None or None,
+            "has_stress": joined.stress is not None or None,
+        }
+        for name, value in optional.items():
+            if value is not None:  # a new node: nothing to delete otherwise
+                attributes.set(name, dict(value) if name == "reference_energies" else value)
 
     # -- access --------------------------------------------------------------------------------------------
     @property
@@ -176,6 +223,20 @@ class TrainingSetData(orm.Data):
         """Whether the structures carry energies and forces (sets stored before the flag existed are labelled)."""
         return bool(self.base.attributes.get("labelled", True))
 
+    @property
+    def reference_energies(self) -> dict[str, float] | None:
+        """Per-element reference energies (eV/atom) that belong to the stored energies, or None (fits fit them)."""
+        return self.base.attributes.get("reference_energies", None)
+
+    @property
+    def energies_corrected(self) -> bool:
+        """Whether the stored energies are already corrected (reference energies 0; nothing is subtracted)."""
+        return bool(self.base.attributes.get("energies_corrected", False))
+
+    @property
+    def import_notes(self) -> list[str]:
+        return list(self.base.attributes.get("import_notes", []))
+
     def get_arrays(self) -> StructureArrays:
         """All structures as one :class:`StructureArrays` (shards joined in order)."""
         parts = []
@@ -185,7 +246,8 @@ class TrainingSetData(orm.Data):
         return StructureArrays.concatenate(parts)
 
     def to_ase(self) -> list[Atoms]:
-        """ASE structures with energy (eV) and forces (eV/Å) in a SinglePointCalculator (none when unlabelled)."""
+        """ASE structures with energy (eV), forces (eV/Å) and, where stored, stress (eV/Å³) in a
+        SinglePointCalculator (none when unlabelled)."""
         return self.get_arrays().to_atoms()
 
     def __len__(self) -> int:

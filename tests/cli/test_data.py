@@ -95,3 +95,70 @@ def test_bad_files(tmp_path, content, arguments, message):
 def test_missing_file():
     result = CliRunner().invoke(autopipec, ["data", "import", "/nonexistent/train.xyz"])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+# -- Pacemaker's own frames, other codes' extxyz, and importing the same file twice ------------------------------
+def test_pacemaker_frame_energy_corrected_weights_and_extra_columns(tmp_path, emt_structures):
+    from tests.learning.test_dataset_formats import corrected, frame_of, pickled
+
+    frame = frame_of(emt_structures, energy_corrected=corrected(emt_structures), name="x")
+    frame["w_energy"] = 1.0
+    frame["w_forces"] = [np.ones(len(atoms)) for atoms in emt_structures]
+    path = pickled(tmp_path, frame)
+    result = CliRunner().invoke(autopipec, ["data", "import", str(path), "--trust-pickle"])
+    training_set = imported(result)
+    assert training_set.energies_corrected and training_set.reference_energies == {"Al": 0.0, "Cu": 0.0}
+    assert "energies are already corrected (energy_corrected): stored with reference energies 0 eV/atom" in (
+        result.output
+    )
+    assert "weights found: w_energy (per structure) and w_forces (per atom) are kept" in result.output
+    assert "column(s) name ignored" in result.output
+
+
+def test_frame_with_energy_and_energy_corrected_shows_the_references(tmp_path, emt_structures):
+    from tests.learning.test_dataset_formats import corrected, energies, frame_of, pickled
+
+    frame = frame_of(emt_structures, energy=energies(emt_structures), energy_corrected=corrected(emt_structures))
+    result = CliRunner().invoke(autopipec, ["data", "import", str(pickled(tmp_path, frame)), "--trust-pickle"])
+    assert not imported(result).energies_corrected
+    assert "reference energies (eV/atom, subtracted by fits): Al -3.1, Cu -4.2" in result.output
+
+
+def test_extxyz_keys_of_other_codes(tmp_path):
+    from tests.learning.test_dataset_formats import emt_labelled, mace_style
+
+    structures = emt_labelled(3)
+    path = mace_style(structures, tmp_path / "mace.xyz")
+    arguments = ["data", "import", str(path), "--energy-key", "REF_energy", "--forces-key", "REF_forces"]
+    result = CliRunner().invoke(autopipec, arguments)
+    training_set = imported(result)
+    assert np.allclose(training_set.get_arrays().energies, [a.get_potential_energy() for a in structures])
+    assert "labels from 'REF_energy' (eV) and 'REF_forces' (eV/Å)" in result.output
+    assert "stress kept (REF_stress; eV/Å³" in result.output
+    wrong = CliRunner().invoke(autopipec, ["data", "import", str(path), "--energy-key", "DFT_energy"])
+    assert wrong.exit_code == 1 and wrong.output.count("Error:") == 1 and "no energy under 'DFT_energy'" in wrong.output
+    database = tmp_path / "x.db"
+    database.write_text("")
+    refused = CliRunner().invoke(autopipec, ["data", "import", str(database), "--energy-key", "REF_energy"])
+    assert refused.exit_code == 2 and "only applies to extxyz files" in refused.output
+
+
+def test_importing_the_same_file_twice_reuses_the_node(tmp_path, emt_structures):
+    from aiida_autopipec.cli.data import import_training_set, import_training_set_with_status
+
+    path = write_extxyz(tmp_path / "same.xyz", emt_structures[:5])
+    first = imported(CliRunner().invoke(autopipec, ["data", "import", str(path)]))
+    again = CliRunner().invoke(autopipec, ["data", "import", str(path)])
+    assert imported(again).pk == first.pk
+    assert f"already stored as TrainingSetData<{first.pk}>" in again.output
+    forced = CliRunner().invoke(autopipec, ["data", "import", str(path), "--force-new"])
+    assert imported(forced).pk != first.pk and "already stored" not in forced.output
+    forced = imported(forced)
+    # The unlabelled set of the same file is other content.
+    unlabelled = imported(CliRunner().invoke(autopipec, ["data", "import", str(path), "--unlabelled"]))
+    assert unlabelled.pk != first.pk and not unlabelled.labelled
+    # The API that `autopipec train FILE` / `learn FILE` use.
+    result = import_training_set_with_status(path)
+    assert result.reused and result.node.pk == first.pk and "already stored" in result.message()
+    assert import_training_set(path).pk == first.pk
+    assert import_training_set(path, force_new=True).pk not in (first.pk, forced.pk)
