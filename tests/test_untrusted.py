@@ -42,7 +42,7 @@ RECORDED = Path(__file__).parent / "parsers" / "recorded" / "success"
 #: Every place the package may deserialise with pickle, and why that file is not a user's.
 PICKLE_READERS = {
     ("learning/config_gen.py", "pd.read_pickle"): "only with generate(trusted=True); else ConfigError",
-    ("learning/dataset.py", "pd.read_pickle"): "read_pacemaker_pickle: `autopipec data import --trust-pickle` only",
+    ("learning/readers.py", "pd.read_pickle"): "read_pacemaker_frame: `autopipec data import --trust-pickle` only",
     ("learning/evaluate_model.py", "pd.read_pickle"): "compute side: files Pacemaker wrote in this job",
     ("learning/select_structures.py", "pd.read_pickle"): "compute side: the file pace_select wrote in this job",
 }
