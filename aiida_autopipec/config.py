@@ -9,12 +9,17 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from ase.data import chemical_symbols
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["SystemConfig", "TrainingConfig", "validate_element_symbols"]
+__all__ = ["SystemConfig", "TrainingConfig", "describe_validation_error", "validate_element_symbols"]
 
 #: Real element symbols (ASE's table without the placeholder ``X`` at index 0).
 ELEMENT_SYMBOLS = frozenset(chemical_symbols[1:])
+
+
+def describe_validation_error(exc: ValidationError, what: str = "") -> str:
+    """One line naming every field a pydantic model refused and why (``what``: the field path's prefix)."""
+    return "; ".join(f"{'.'.join(map(str, error['loc'])) or what or 'value'}: {error['msg']}" for error in exc.errors())
 
 
 def validate_element_symbols(symbols: list[str], what: str = "elements") -> list[str]:

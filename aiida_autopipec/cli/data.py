@@ -112,11 +112,18 @@ def find_stored_training_set(training_set):
 
 
 def import_training_set_with_status(
-    path: Path, file_format: str = "auto", select: str | None = None, *, force_new: bool = False, **options
+    path: Path,
+    file_format: str = "auto",
+    select: str | None = None,
+    *,
+    force_new: bool = False,
+    store: bool = True,
+    **options,
 ) -> ImportResult:
     """Store the structures of ``path`` as a TrainingSetData, or return the stored one with exactly that content
     (unless ``force_new``). Options: ``trust_pickle``, ``energy_key``/``forces_key`` (extxyz), ``labelled``,
-    ``elements``. Bad files and options give a Click error before anything is stored."""
+    ``elements``. Bad files and options give a Click error before anything is stored. ``store=False``: a new node
+    is returned unstored (the caller stores it once the inputs it belongs to are accepted)."""
     from aiida_autopipec.data import TrainingSetData
     from aiida_autopipec.learning.dataset import DatasetError
 
@@ -131,7 +138,7 @@ def import_training_set_with_status(
         return ImportResult(existing, True, training_set.import_notes)
     training_set.label = path.name
     training_set.description = f"imported from {path.resolve()}" + (f" (selection {select!r})" if select else "")
-    return ImportResult(training_set.store(), False, training_set.import_notes)
+    return ImportResult(training_set.store() if store else training_set, False, training_set.import_notes)
 
 
 def import_training_set(path: Path, file_format: str = "auto", select: str | None = None, **options):

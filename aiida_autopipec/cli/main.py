@@ -1,17 +1,41 @@
-"""``autopipec``: set up the local code and train a first potential."""
+"""``autopipec``: the command group (profile, version, one-line user errors), ``setup`` and ``quickstart``."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 import click
 
+from aiida_autopipec import __version__
+from aiida_autopipec.cli.errors import user_errors_as_one_line
+
+#: Profile chosen with ``autopipec --profile NAME`` (None: AiiDA's default profile).
+PROFILE_OPTION = "profile"
+
+
+def selected_profile() -> str | None:
+    """The ``--profile`` given to the ``autopipec`` group of the running command, if any."""
+    context = click.get_current_context(silent=True)
+    return context.find_root().params.get(PROFILE_OPTION) if context is not None else None
+
 
 def load_or_create_profile(create: bool = True) -> str:
-    """Load the default AiiDA profile; without one, make the embedded default with ``verdi presto``."""
+    """Load the profile of ``--profile`` or the default one; without any profile, make one with ``verdi presto``."""
     from aiida import load_profile
     from aiida.common.exceptions import ConfigurationError, ProfileConfigurationError
+    from aiida.manage.configuration import get_config
 
+    name = selected_profile()
+    if name is not None:
+        try:
+            available = get_config(create=True).profile_names
+        except ConfigurationError:
+            available = []
+        if name not in available:
+            listed = ", ".join(available) or "none"
+            raise click.ClickException(f"no AiiDA profile '{name}' (profiles: {listed}; see `verdi profile list`)")
+        return load_profile(name, allow_switch=True).name
     try:
         return load_profile().name
     except (ConfigurationError, ProfileConfigurationError):
@@ -25,9 +49,29 @@ def load_or_create_profile(create: bool = True) -> str:
     return load_profile(allow_switch=True).name
 
 
-@click.group()
-def autopipec() -> None:
-    """Fit ACE potentials with Pacemaker under AiiDA provenance."""
+class AutopipecGroup(click.Group):
+    """A click group whose commands report user mistakes as one ``Error:`` line (see :mod:`.errors`)."""
+
+    def invoke(self, ctx: click.Context):
+        with user_errors_as_one_line():
+            return super().invoke(ctx)
+
+
+@click.group(cls=AutopipecGroup)
+@click.version_option(__version__, "--version", "-V", prog_name="autopipec", message="%(prog)s %(version)s")
+@click.option(
+    "--profile",
+    PROFILE_OPTION,
+    default=None,
+    metavar="NAME",
+    help="AiiDA profile to use (default: AiiDA's default profile). Unlike `verdi -p`, `-p` of `train`/`learn` "
+    "sets fit parameters, so the profile is only `--profile`, given before the command.",
+)
+def autopipec(profile: str | None) -> None:
+    """Fit ACE potentials with Pacemaker under AiiDA provenance.
+
+    Energies in eV, forces in eV/Å, lengths in Å. Start with `autopipec quickstart`.
+    """
 
 
 @autopipec.command()
@@ -89,7 +133,17 @@ def quickstart(structures: int, maxiter: int, seed: int) -> None:
     click.echo(
         f"\nPotential: PotentialData<{potential.pk}> ({potential.num_functions} functions, cutoff {potential.cutoff} Å)"
     )
-    click.echo(f"Provenance: verdi process show {node.pk}   |   verdi node graph generate {node.pk}")
+    click.echo(provenance_hint(node.pk))
+
+
+def provenance_hint(pk: int) -> str:
+    """The commands that show a process's provenance; the graph only where Graphviz (``dot``) is installed."""
+    if shutil.which("dot"):
+        return f"Provenance: verdi process show {pk}   |   verdi node graph generate {pk}"
+    return (
+        f"Provenance: verdi process show {pk}   |   verdi process report {pk}\n"
+        "(for a picture of the graph, `verdi node graph generate` needs Graphviz: apt-get install graphviz)"
+    )
 
 
 def format_metrics(metrics: dict) -> str:

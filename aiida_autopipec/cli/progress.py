@@ -102,11 +102,16 @@ def _reports_printed_once() -> Iterator[None]:
 
 
 def run_with_progress(builder, interval: float = 2.0, echo: Callable[[str], None] = click.echo):
-    """Run ``builder`` in the foreground, printing progress every ``interval`` seconds; returns the process node."""
+    """Run ``builder`` in the foreground, printing progress every ``interval`` seconds; returns the process node.
+
+    The runner has no communicator, like the one of ``aiida.engine.run_get_node``: on a ``verdi presto`` profile the
+    broker is started by the daemon, so a foreground run must not need it (the manager's default runner waits for it
+    and fails when no daemon runs).
+    """
     from aiida.engine.utils import instantiate_process
     from aiida.manage import get_manager
 
-    runner = get_manager().get_runner()
+    runner = get_manager().create_runner(communicator=None)
     process = instantiate_process(runner, builder)
     monitor = ProgressMonitor(process.node, echo)
     handle = None

@@ -121,6 +121,15 @@ def readme_text(process, potential, fit, written: dict[str, Path]) -> str:
         "- ASE: `from pyace import PyACECalculator; atoms.calc = PyACECalculator('potential.yace')`"
         + (" (plus the ZBL baseline, see lammps.in)" if potential.baseline else ""),
         "- LAMMPS (built with ML-PACE): `include lammps.in`",
+    ]
+    if "asi" in written:
+        lines += [
+            "- Extrapolation grade γ in LAMMPS: `include lammps_extrapolation.in` (`pair_style pace/extrapolation` "
+            "with the B-basis `potential.yaml` and its active set `potential.asi`, made with `pace_activeset` on "
+            "the training set of the fit); in ASE: `PyACECalculator('potential.yaml')` then "
+            "`calc.set_active_set('potential.asi')`, γ per atom in `calc.results['gamma']`",
+        ]
+    lines += [
         "",
         "## Provenance (AiiDA UUIDs)",
         f"- potential: PotentialData {potential.uuid}",
@@ -137,29 +146,88 @@ def readme_text(process, potential, fit, written: dict[str, Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def stored_active_set(process):
+    """An ``.asi`` the run stored among its outputs (SinglefileData), or None."""
+    if process is None:
+        return None
+    from aiida import orm
+
+    outputs = process.base.links.get_outgoing(node_class=orm.SinglefileData).all_nodes()
+    return next((node for node in outputs if node.filename.endswith(".asi")), None)
+
+
+def compute_active_set(potential, training_set, target: Path) -> str | None:
+    """Write the active set of ``potential`` on ``training_set`` to ``target`` with ``pace_activeset`` (all atoms);
+    None on success, else why it could not be made."""
+    import tempfile
+
+    from aiida_autopipec.learning.potential import potential_info
+    from aiida_autopipec.learning.select_structures import active_set_shortfall, build_active_set
+
+    arrays = training_set.get_arrays()
+    functions = potential_info(potential.get_yaml())["functions_per_element"]
+    shortfall = active_set_shortfall(arrays.atoms_per_element(), functions)
+    if shortfall:
+        return shortfall
+    structures = arrays.to_atoms(with_labels=False)
+    forces = [arrays.forces[start:end] for start, end in zip(arrays.offsets[:-1], arrays.offsets[1:], strict=True)]
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "potential.yaml").write_text(potential.get_yaml())
+        try:
+            asi = build_active_set(Path(folder), "potential.yaml", structures, arrays.energies, forces)
+        except (RuntimeError, OSError) as exc:
+            return str(exc).splitlines()[0]
+        target.write_bytes(asi.read_bytes())
+    return None
+
+
+def export_training_set(training_set, directory: Path) -> None:
+    """Write a TrainingSetData as extxyz (energies eV, forces eV/Å; structures only when unlabelled)."""
+    from aiida_autopipec.learning.dataset import write_extxyz
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = write_extxyz(directory / "training_set.extxyz", training_set.to_ase())
+    click.echo(f"wrote {path} ({training_set.num_structures} structures)")
+
+
 @autopipec.command()
 @click.argument("identifier")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-def export(identifier: str, directory: Path) -> None:
-    """Write the potential of IDENTIFIER (run or PotentialData) into DIRECTORY: .yace, .yaml, .asi, LAMMPS, README."""
+@click.option("--no-active-set", is_flag=True, help="Do not compute the active set (.asi) of the potential.")
+def export(identifier: str, directory: Path, no_active_set: bool) -> None:
+    """Write IDENTIFIER into DIRECTORY: a run or PotentialData as .yace, .yaml, active set .asi, LAMMPS inputs and a
+    README; a TrainingSetData as extxyz."""
     load_or_create_profile()
     from aiida import orm
 
+    from aiida_autopipec.data import TrainingSetData
+    from aiida_autopipec.data.potential import ASI_FILENAME, LAMMPS_EXTRAPOLATION_FILENAME
+
+    node = load_node_of_type(identifier, (orm.ProcessNode, orm.Data), "node")
+    if isinstance(node, TrainingSetData):
+        export_training_set(node, directory)
+        return
     process, potential, fit = resolve_result(identifier)
     if potential is None:
         raise click.ClickException(f"node {identifier} has no potential output (yet)")
     written = potential.write_files(directory)
-    outputs = process.base.links.get_outgoing(node_class=orm.SinglefileData).all_nodes() if process else []
-    active_sets = [node for node in outputs if node.filename.endswith(".asi")]
-    if active_sets:
-        written["asi"] = directory / "potential.asi"
-        written["asi"].write_bytes(active_sets[0].get_content(mode="rb"))
+    asi_path, stored = directory / ASI_FILENAME, stored_active_set(process)
+    if stored is not None:
+        asi_path.write_bytes(stored.get_content(mode="rb"))
+        problem = None
+    elif no_active_set:
+        problem = "not asked for (--no-active-set)"
+    elif fit is None or "training_set" not in fit.inputs:
+        problem = "the fit that made the potential is not known"
+    else:
+        problem = compute_active_set(potential, fit.inputs.training_set, asi_path)
+    if problem is None:
+        written["asi"] = asi_path
+        written["lammps_extrapolation"] = directory / LAMMPS_EXTRAPOLATION_FILENAME
+        written["lammps_extrapolation"].write_text(potential.lammps_extrapolation_input())
     written["readme"] = directory / "README.md"
     written["readme"].write_text(readme_text(process, potential, fit, written))
     for path in written.values():
         click.echo(f"wrote {path}")
-    if not active_sets:
-        click.echo(
-            "no .asi: this run stored no active set; make one with "
-            "`pace_activeset -d <training data pickle> potential.yaml` to compute extrapolation grades"
-        )
+    if problem is not None:
+        click.echo(f"no active set (.asi): {problem}")

@@ -24,6 +24,15 @@ def load_node_of_type(identifier: str, types: tuple[type, ...], what: str):
     return node
 
 
+def protocol_help(name: str) -> str:
+    """What each preset of ``protocols/<name>.yaml`` means, for ``--protocol --help`` (read without importing AiiDA)."""
+    from importlib import resources
+
+    text = resources.files("aiida_autopipec").joinpath("protocols", f"{name}.yaml").read_text(encoding="utf-8")
+    presets = yaml.safe_load(text)["protocols"]
+    return " ".join(f"{key}: {preset['description']}" for key, preset in presets.items())
+
+
 def parse_assignments(assignments: Sequence[str], option: str) -> dict[str, Any]:
     """``["maxiter=50", "cutoff=5.5"]`` -> ``{"maxiter": 50, "cutoff": 5.5}`` (values parsed as YAML)."""
     result = {}

@@ -20,6 +20,9 @@ __all__ = ["PotentialData"]
 YACE_FILENAME = "potential.yace"
 YAML_FILENAME = "potential.yaml"
 LAMMPS_FILENAME = "lammps.in"
+#: The active set of the B-basis (``pace_activeset``) and the LAMMPS lines that use it (``pace/extrapolation``).
+ASI_FILENAME = "potential.asi"
+LAMMPS_EXTRAPOLATION_FILENAME = "lammps_extrapolation.in"
 
 
 def _element_pairs(elements: Sequence[str]) -> list[tuple[str, str]]:
@@ -245,6 +248,24 @@ class PotentialData(orm.Data):
                 f"pair_coeff {i + 1} {j + 1} zbl {index}{atomic_numbers[species[i]]} {atomic_numbers[species[j]]}"
             )
         return "\n".join(lines) + "\n"
+
+    def lammps_extrapolation_input(self, species: Sequence[str] | None = None, active_set: str = ASI_FILENAME) -> str:
+        """The LAMMPS lines of :meth:`lammps_input` with ``pair_style pace/extrapolation`` (ML-PACE): the B-basis
+        ``.yaml`` and its active set ``.asi`` give every atom its extrapolation grade γ, as ``f_pace_gamma``."""
+        species = list(species or self.elements)
+        plain = self.lammps_input(species, yace_path=f"{YAML_FILENAME} {active_set}")
+        style = "pace/extrapolation"
+        pair_lines = plain.replace("pair_style pace\n", f"pair_style {style}\n")
+        pair_lines = pair_lines.replace("hybrid/overlay pace ", f"hybrid/overlay {style} ").replace(
+            " * * pace ", f" * * {style} "
+        )
+        return pair_lines + (
+            "# gamma of every atom every 10 steps; the largest one as a thermo quantity. Above ~5 the potential\n"
+            "# extrapolates; far above (~25) its forces are not to be trusted: e.g. `fix halt 10 v_max_gamma > 25`.\n"
+            f"fix pace_gamma all pair 10 {style} gamma 1\n"
+            "compute max_pace_gamma all reduce max f_pace_gamma\n"
+            "variable max_gamma equal c_max_pace_gamma\n"
+        )
 
     def write_files(self, directory: str | os.PathLike, species: Sequence[str] | None = None) -> dict[str, Path]:
         """Write ``potential.yace``, ``potential.yaml`` and a LAMMPS snippet ``lammps.in`` into ``directory``."""

@@ -83,8 +83,15 @@ def test_export_writes_a_usable_potential(trained, tmp_path, emt_test_structures
     result = invoke("export", node.uuid, tmp_path / "export")
     assert result.exit_code == 0, result.output
     folder = tmp_path / "export"
-    assert {path.name for path in folder.iterdir()} == {"potential.yace", "potential.yaml", "lammps.in", "README.md"}
-    assert "no .asi" in result.output
+    expected = {
+        "potential.yace",
+        "potential.yaml",
+        "lammps.in",
+        "README.md",
+        "potential.asi",
+        "lammps_extrapolation.in",
+    }
+    assert {path.name for path in folder.iterdir()} == expected
     potential = node.outputs.potential
     readme = (folder / "README.md").read_text()
     for uuid in (potential.uuid, node.uuid, potential.creator.uuid, node.inputs.pacemaker.training_set.uuid):
@@ -96,6 +103,18 @@ def test_export_writes_a_usable_potential(trained, tmp_path, emt_test_structures
     atoms.calc = potential.get_calculator()
     assert exported == pytest.approx(atoms.get_potential_energy(), abs=1e-8)
     assert np.isfinite(exported)
+    # The active set gives per-atom extrapolation grades: near 1 inside the training domain, large outside it.
+    calculator = PyACECalculator(str(folder / "potential.yaml"))
+    calculator.set_active_set(str(folder / "potential.asi"))
+    inside, outside = emt_test_structures[0].copy(), emt_test_structures[0].copy()
+    outside.set_cell(outside.cell * 0.8, scale_atoms=True)
+    grades = []
+    for atoms in (inside, outside):
+        atoms.calc = calculator
+        atoms.get_potential_energy()
+        grades.append(calculator.results["gamma"].max())
+    assert grades[0] < 2.0 < grades[1]
+    assert "pair_coeff * * potential.yaml potential.asi Al Cu" in (folder / "lammps_extrapolation.in").read_text()
 
 
 def test_parity_predictions_reproduce_the_stored_test_errors(trained):
@@ -155,7 +174,15 @@ def test_learn_one_iteration_then_show_and_plot(pacemaker_code, data_files, tmp_
     assert_real_image(tmp_path / "convergence.png", min_colours=10)
 
 
-def test_daemon_submission_prints_how_to_follow(pacemaker_code, data_files, monkeypatch):
+@pytest.fixture
+def daemon_double(monkeypatch):
+    """`--daemon` as if a daemon ran: a fast double for plumbing (the real daemon path: tests/user, tests/workflows)."""
+    from aiida_autopipec.cli import launch
+
+    monkeypatch.setattr(launch, "check_daemon_running", lambda: None)
+
+
+def test_daemon_submission_prints_how_to_follow(pacemaker_code, data_files, monkeypatch, daemon_double):
     """`--daemon` hands the builder to `submit` (here a double: the daemon path is tested in tests/workflows)."""
     import aiida.engine
 
@@ -186,7 +213,7 @@ def test_daemon_submission_prints_how_to_follow(pacemaker_code, data_files, monk
     assert submitted[1].pacemaker.metadata.options.gpus == 1
 
 
-def test_overrides_file_is_merged_and_checked(pacemaker_code, data_files, monkeypatch, tmp_path):
+def test_overrides_file_is_merged_and_checked(pacemaker_code, data_files, monkeypatch, tmp_path, daemon_double):
     import aiida.engine
 
     submitted = []
@@ -205,7 +232,7 @@ def test_overrides_file_is_merged_and_checked(pacemaker_code, data_files, monkey
     assert result.exit_code == 1 and "unknown input 'pacemaker.setings'" in result.output
 
 
-def test_learn_wires_candidates_codes_and_labeller(pacemaker_code, data_files, monkeypatch, tmp_path):
+def test_learn_wires_candidates_codes_and_labeller(pacemaker_code, data_files, monkeypatch, tmp_path, daemon_double):
     import aiida.engine
 
     submitted = []

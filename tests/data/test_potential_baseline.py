@@ -385,3 +385,19 @@ def test_exported_zbl_lines_match_zbl_calculator_in_lammps(potential, tmp_path, 
         1.0, 2.0, cutoffs={("Al", "Al"): (1.2, 2.8), ("Al", "Cu"): (1.5, 2.9), ("Cu", "Cu"): (2.0, 3.0)}
     )
     assert abs(swapped.get_potential_energy() - lammps["energy"]) > 1e-3 * abs(lammps["energy"])
+
+
+def test_lammps_extrapolation_input_uses_the_bbasis_and_active_set(plain, potential):
+    """`pair_style pace/extrapolation` takes the B-basis .yaml and the .asi; with a baseline inside hybrid/overlay."""
+    lines = plain.lammps_extrapolation_input().splitlines()
+    assert lines[:2] == ["pair_style pace/extrapolation", "pair_coeff * * potential.yaml potential.asi Al Cu"]
+    assert "fix pace_gamma all pair 10 pace/extrapolation gamma 1" in lines
+    with_zbl = potential.lammps_extrapolation_input(["Cu", "Al"]).splitlines()
+    zbl_lines = [
+        line
+        for line in potential.lammps_input(["Cu", "Al"]).splitlines()
+        if line.startswith("pair_coeff") and " zbl " in line
+    ]
+    assert with_zbl[2].startswith("pair_style hybrid/overlay pace/extrapolation zbl ")
+    assert "pair_coeff * * pace/extrapolation potential.yaml potential.asi Cu Al" in with_zbl
+    assert zbl_lines and all(line in with_zbl for line in zbl_lines)  # the ZBL part exactly as in lammps.in

@@ -17,7 +17,16 @@ from pathlib import Path
 import pytest
 
 #: Environment variables of the test session that a user's shell does not have.
-SESSION_ONLY = ("AIIDA_PATH", "AIIDA_PROFILE", "AIIDA_TEST_PROFILE", "PYTEST_CURRENT_TEST", "PYTEST_ADDOPTS")
+SESSION_ONLY = (
+    "AIIDA_PATH",
+    "AIIDA_PROFILE",
+    "AIIDA_TEST_PROFILE",
+    "PYTEST_CURRENT_TEST",
+    "PYTEST_ADDOPTS",
+    "PYTEST_VERSION",
+)
+#: A TCP port nothing listens on (1: tcpmux, never served here); see ``UserShell.fresh``.
+CLOSED_PORT = 1
 #: A guard against a hanging command, not a timing assertion.
 COMMAND_TIMEOUT_S = 900
 
@@ -37,6 +46,9 @@ class UserShell:
         # The commands of this environment (autopipec, verdi, pacemaker) first, as after `pip install`.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["PYTHONUNBUFFERED"] = "1"
+        # A laptop has no RabbitMQ, while CI (and a developer) may run one on the default port: point the probe of
+        # `verdi presto` at a closed port, so it falls back to the built-in ZeroMQ broker as it does for users.
+        env["AIIDA_BROKER_PORT"] = str(CLOSED_PORT)
         workdir = root / "work"
         workdir.mkdir(parents=True, exist_ok=True)
         return cls(workdir, env)
