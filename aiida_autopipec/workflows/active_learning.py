@@ -91,6 +91,12 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
         problem = validate_selection_and_labeling(inputs)
         if problem:
             return problem
+        if inputs["training_set"].energies_corrected:
+            return (
+                "training_set: its energies are already corrected (reference energies subtracted, e.g. Pacemaker's "
+                "energy_corrected), while the labels of new structures are total energies: the two cannot be merged. "
+                "Import the data with total energies (an `energy` column) for active learning"
+            )
         parameters = inputs["parameters"].get_dict() if "parameters" in inputs else {}
         data_elements = set(fit["training_set"].elements) | set(fit["test_set"].elements)
         covered = parameters.get("elements") or sorted(data_elements)

@@ -247,3 +247,20 @@ def test_loop_with_d_optimal_selection_and_adapter_labelling(inputs):
     assert "original-data F-RMSE" in report
     assert "iter 2: forgetting guard: force RMSE on the 4 original structures rose from" in report
     assert "their weight in the next fit: 1 -> 2" in report
+
+
+def test_corrected_energies_cannot_be_grown_with_total_energy_labels(inputs):
+    """Pacemaker data with energy_corrected only: new labels would be total energies, refused before anything runs."""
+
+    def corrected(training_set):
+        arrays = training_set.get_arrays()
+        return TrainingSetData(
+            arrays=arrays.with_extras(energies_corrected=True, reference_energies=dict.fromkeys(arrays.elements, 0.0))
+        )
+
+    before = _node_count()
+    corrected_inputs = {**inputs, "training_set": corrected(inputs["training_set"])}
+    corrected_inputs["test_set"] = corrected(inputs["test_set"])
+    with pytest.raises(ValueError, match="training_set: its energies are already corrected"):
+        run_get_node(ActiveLearningWorkChain, **corrected_inputs)
+    assert _node_count() == before
