@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from aiida_autopipec.cli.data import import_training_set_with_status
 from aiida_autopipec.cli.main import autopipec, format_metrics, load_or_create_profile
 from aiida_autopipec.cli.utils import load_node_of_type, parse_assignments, protocol_help, read_overrides
 
@@ -29,7 +30,6 @@ def resolve_training_set(value: str, what: str, labelled: bool = True):
     A file whose content is already stored gives that node (the user is told); otherwise a new, unstored node:
     :func:`launch` stores it only once the inputs are accepted, so nothing is stored for refused inputs.
     """
-    from aiida_autopipec.cli.data import import_training_set_with_status
     from aiida_autopipec.data import TrainingSetData
 
     path = Path(value)

@@ -469,6 +469,6 @@ def _read_structures(dataset_path: str | os.PathLike) -> list:
     """Structures of a Pacemaker dataset that this plugin wrote (a pickle: never call this on a user's file)."""
     import pandas as pd
 
-    from aiida_autopipec.learning.dataset import pickle_compression
+    from aiida_autopipec.learning.readers import pickle_compression
 
     return list(pd.read_pickle(dataset_path, compression=pickle_compression(dataset_path))["ase_atoms"])

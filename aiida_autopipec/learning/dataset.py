@@ -29,6 +29,16 @@ from ase import Atoms
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from aiida_autopipec.learning.errors import DatasetError
+from aiida_autopipec.learning.label_extras import (
+    extras_from_npz,
+    extras_to_npz,
+    join_extras,
+    stress_of,
+    take_extras,
+    validate_extras,
+)
+
 __all__ = [
     "DATABASE_COLUMNS",
     "DatasetError",
@@ -69,10 +79,6 @@ def cyclic_garbage_collection_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-class DatasetError(ValueError):
-    """A dataset cannot be used for fitting; the message names the structure and the problem."""
 
 
 class UnitsWarning(UserWarning):
@@ -201,7 +207,6 @@ class StructureArrays:
 
     def __post_init__(self) -> None:
         self.validate()
-        from aiida_autopipec.learning.label_extras import validate_extras
 
         validate_extras(self)
 
@@ -320,7 +325,6 @@ class StructureArrays:
                 f"cannot join labelled and unlabelled structures (parts {unlabelled} are unlabelled): "
                 "label the candidates first, or drop the labels of the others"
             )
-        from aiida_autopipec.learning.label_extras import join_extras
 
         return cls(
             **{name: np.concatenate([getattr(p, name) for p in parts]) for name in cls.FIELDS},
@@ -335,7 +339,6 @@ class StructureArrays:
             raise DatasetError("the dataset is empty: at least one structure is required")
         if (indices < 0).any() or (indices >= self.num_structures).any():
             raise DatasetError(f"structure indices {indices.tolist()} outside 0..{self.num_structures - 1}")
-        from aiida_autopipec.learning.label_extras import take_extras
 
         offsets = self.offsets
         atoms = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in indices])
@@ -571,7 +574,6 @@ class StructureArrays:
 
         An unlabelled set gives structures without a calculator.
         """
-        from aiida_autopipec.learning.label_extras import stress_of
 
         structures = []
         offsets = self.offsets
@@ -605,7 +607,6 @@ class StructureArrays:
             arrays[self.LABELLED_KEY] = np.array(False)
             for name in self.LABEL_FIELDS:
                 del arrays[name]
-        from aiida_autopipec.learning.label_extras import extras_to_npz
 
         np.savez(handle, **arrays, **extras_to_npz(self))
 
@@ -630,7 +631,6 @@ class StructureArrays:
             if not labelled:  # older unlabelled files carry NaN arrays, newer ones none: the same set either way
                 fields["energies"] = np.full(len(fields["natoms"]), np.nan)
                 fields["forces"] = np.full((len(fields["numbers"]), 3), np.nan)
-            from aiida_autopipec.learning.label_extras import extras_from_npz
 
             return cls(**fields, labelled=labelled, **extras_from_npz(data))
 
@@ -805,15 +805,3 @@ def select_database_rows(
     if not rows:
         raise DatasetError(f"{path}: the selection {described} matched no rows")
     return rows
-
-
-#: Readers live in :mod:`aiida_autopipec.learning.readers`; importing them from here keeps working.
-_READERS = ("pickle_compression", "read_extxyz", "read_pacemaker_frame", "read_pacemaker_pickle")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _READERS:
-        from aiida_autopipec.learning import readers
-
-        return getattr(readers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,7 @@
   with both ``energy`` and ``energy_corrected``).
 
 Every function here takes or returns plain values so that :mod:`~aiida_autopipec.learning.dataset` stays small;
-imports of it happen inside functions (no import cycle).
+this module sits below it (it imports nothing of the dataset module).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from aiida_autopipec.learning.errors import DatasetError
+
 __all__ = ["OPTIONAL_ARRAYS", "join_extras", "validate_extras"]
 
 #: Optional arrays: per structure (``stress``, ``energy_weights``) or per atom (``force_weights``).
@@ -29,9 +31,7 @@ OPTIONAL_ARRAYS = ("stress", "energy_weights", "force_weights")
 REFERENCE_TOLERANCE = 1e-9
 
 
-def _error(message: str):
-    from aiida_autopipec.learning.dataset import DatasetError
-
+def _error(message: str) -> DatasetError:
     return DatasetError(message)
 
 

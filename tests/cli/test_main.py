@@ -53,3 +53,15 @@ def test_quickstart_trains_a_real_potential(local_computer, monkeypatch):
     node = orm.load_node(pk)
     assert node.is_finished_ok
     assert "potential" in node.outputs
+
+
+def test_quickstart_prints_the_graph_command_only_where_graphviz_is(monkeypatch):
+    """`verdi node graph generate` needs Graphviz's `dot`: without it the command would end in a traceback."""
+    from aiida_autopipec.cli import main
+
+    monkeypatch.setattr(main.shutil, "which", lambda name: None)
+    without = main.provenance_hint(5)
+    assert "verdi process show 5" in without and "verdi node graph generate 5" not in without
+    assert "needs Graphviz" in without
+    monkeypatch.setattr(main.shutil, "which", lambda name: "/usr/bin/dot" if name == "dot" else None)
+    assert "verdi node graph generate 5" in main.provenance_hint(5)

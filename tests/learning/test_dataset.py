@@ -17,14 +17,13 @@ from aiida_autopipec.learning.dataset import (
     StructureArrays,
     corrected_energies,
     fit_reference_energies,
-    pickle_compression,
     read_ase_db,
-    read_extxyz,
     select_database_rows,
     to_pacemaker_dataframe,
     write_extxyz,
     write_pacemaker_dataset,
 )
+from aiida_autopipec.learning.readers import pickle_compression, read_extxyz
 from aiida_autopipec.learning.reference_data import emt_dataset
 
 #: Made-up per-element reference energies (eV/atom) for the synthetic, exactly additive data.

@@ -15,9 +15,9 @@ from ase.calculators.emt import EMT
 from ase.io import write
 
 from aiida_autopipec.config import SystemConfig
-from aiida_autopipec.learning.dataset import DatasetError, StructureArrays, read_pacemaker_pickle
+from aiida_autopipec.learning.dataset import DatasetError, StructureArrays
 from aiida_autopipec.learning.pacemaker import check_reference_state, fit_weights, resolve_reference_energies
-from aiida_autopipec.learning.readers import read_extxyz_data, read_pacemaker_frame
+from aiida_autopipec.learning.readers import read_extxyz_data, read_pacemaker_frame, read_pacemaker_pickle
 
 REFERENCES = {"Al": -3.1, "Cu": -4.2}
 
