@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import click
 
 from aiida_autopipec.cli.main import autopipec, load_or_create_profile
-from aiida_autopipec.cli.utils import training_set_summary
+from aiida_autopipec.cli.utils import add_to_group, training_set_summary
 
 FORMATS = ("auto", "extxyz", "db", "pickle")
 PICKLE_SUFFIXES = (".pkl", ".pckl", ".pickle", ".pkl.gz", ".pckl.gz", ".pckl.gzip", ".pkl.gzip", ".pickle.gz")
@@ -171,6 +171,7 @@ def data() -> None:
 )
 @click.option("--unlabelled", is_flag=True, help="Keep only the structures (active-learning candidates).")
 @click.option("--force-new", is_flag=True, help="Store a new node even if one with exactly this content exists.")
+@click.option("--group", default=None, metavar="LABEL", help="Add the training set to this group (created if needed).")
 def import_command(
     source: Path,
     file_format: str,
@@ -180,6 +181,7 @@ def import_command(
     forces_key: str | None,
     unlabelled: bool,
     force_new: bool,
+    group: str | None,
 ) -> None:
     """Store SOURCE (extxyz, ASE database or Pacemaker pickle) as a TrainingSetData and print a summary.
 
@@ -203,6 +205,7 @@ def import_command(
     click.echo(training_set_summary(result.node))
     for line in _details(result):
         click.echo(f"  {line}")
+    add_to_group(group, result.node)
     click.echo(f"PK {result.node.pk}  UUID {result.node.uuid}")
 
 

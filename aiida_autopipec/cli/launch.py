@@ -10,7 +10,13 @@ import click
 
 from aiida_autopipec.cli.data import import_training_set_with_status
 from aiida_autopipec.cli.main import autopipec, format_metrics, load_or_create_profile
-from aiida_autopipec.cli.utils import load_node_of_type, parse_assignments, protocol_help, read_overrides
+from aiida_autopipec.cli.utils import (
+    add_to_group,
+    load_node_of_type,
+    parse_assignments,
+    protocol_help,
+    read_overrides,
+)
 
 PROTOCOLS = ("fast", "moderate", "precise")
 #: TrainingSetData read from files by this command, not stored yet: UUID -> what to print once they are stored.
@@ -122,17 +128,6 @@ def _nodes(inputs) -> list:
     if isinstance(inputs, Mapping):
         return [node for value in inputs.values() for node in _nodes(value)]
     return []
-
-
-def add_to_group(label: str | None, *nodes) -> None:
-    """Put ``nodes`` into the group ``label`` (created if needed), so results can be found by group."""
-    if label is None:
-        return
-    from aiida import orm
-
-    group, _ = orm.Group.collection.get_or_create(label)
-    group.add_nodes(list(nodes))
-    click.echo(f"added {', '.join(f'{type(n).__name__}<{n.pk}>' for n in nodes)} to group '{group.label}'")
 
 
 def launch(builder, daemon: bool, group: str | None = None) -> None:

@@ -33,6 +33,17 @@ def protocol_help(name: str) -> str:
     return " ".join(f"{key}: {preset['description']}" for key, preset in presets.items())
 
 
+def add_to_group(label: str | None, *nodes) -> None:
+    """Put ``nodes`` into the group ``label`` (created if needed), so results can be found by group."""
+    if label is None:
+        return
+    from aiida import orm
+
+    group, _ = orm.Group.collection.get_or_create(label)
+    group.add_nodes(list(nodes))
+    click.echo(f"added {', '.join(f'{type(n).__name__}<{n.pk}>' for n in nodes)} to group '{group.label}'")
+
+
 def parse_assignments(assignments: Sequence[str], option: str) -> dict[str, Any]:
     """``["maxiter=50", "cutoff=5.5"]`` -> ``{"maxiter": 50, "cutoff": 5.5}`` (values parsed as YAML)."""
     result = {}

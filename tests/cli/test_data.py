@@ -162,3 +162,12 @@ def test_importing_the_same_file_twice_reuses_the_node(tmp_path, emt_structures)
     assert result.reused and result.node.pk == first.pk and "already stored" in result.message()
     assert import_training_set(path).pk == first.pk
     assert import_training_set(path, force_new=True).pk not in (first.pk, forced.pk)
+
+
+def test_import_into_a_group(tmp_path, emt_structures):
+    path = write_extxyz(tmp_path / "grouped.xyz", emt_structures[:5])
+    result = CliRunner().invoke(autopipec, ["data", "import", str(path), "--group", "dft-data", "--force-new"])
+    training_set = imported(result)
+    group = orm.load_group("dft-data")
+    assert training_set.uuid in {node.uuid for node in group.nodes}
+    assert f"added TrainingSetData<{training_set.pk}> to group 'dft-data'" in result.output
