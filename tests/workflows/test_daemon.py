@@ -9,13 +9,14 @@ nodes only through the profile's storage, and runs the real pacemaker, pyace sel
 from __future__ import annotations
 
 import time
-import warnings
 
 import pytest
 from aiida import orm
 from aiida.common.datastructures import CalcJobState
 from aiida.engine import ProcessState, submit
+from click.testing import CliRunner
 
+from aiida_autopipec.cli import autopipec
 from aiida_autopipec.workflows.active_learning import ActiveLearningWorkChain
 from tests.storage_fixtures import skip_or_fail
 
@@ -25,6 +26,8 @@ pytestmark = [pytest.mark.daemon, pytest.mark.pacemaker]
 CONVERGENCE = {"rmse_forces": 0.07, "max_iterations": 4, "max_new_structures": 8}
 #: Generous upper bounds for waiting on the daemon (a guard against hanging, not a timing assertion).
 AWAIT_TIMEOUT_S = 1800
+#: How long the daemon stays stopped: longer than the 10 s after which RabbitMQ deletes a test profile's queue.
+MAINTENANCE_S = 15
 DAEMON_CALL_TIMEOUT_S = 600
 PACEMAKER_PROCESS_TYPE = "aiida.calculations:autopipec.pacemaker"
 
@@ -36,7 +39,11 @@ def daemon(aiida_profile, daemon_client):
         skip_or_fail("the test profile has no broker (AUTOPIPEC_TEST_BROKER=none): the daemon cannot run")
     if not daemon_client.is_daemon_running:
         daemon_client.start_daemon(timeout=DAEMON_CALL_TIMEOUT_S)
-    return daemon_client
+    yield daemon_client
+    # Stopped here with a generous time-out: on a loaded machine a graceful stop can take longer than the
+    # ``daemon.timeout`` that aiida's session fixture gives it (circus "Timed out" at the end of the session).
+    if daemon_client.is_daemon_running:
+        daemon_client.stop_daemon(wait=True, timeout=DAEMON_CALL_TIMEOUT_S)
 
 
 def await_terminated(node: orm.ProcessNode, daemon_client, timeout: float = AWAIT_TIMEOUT_S) -> orm.ProcessNode:
@@ -97,12 +104,11 @@ def test_active_learning_finishes_on_the_daemon(uninterrupted_run):
     assert len(finished_trainings(node)) == len(iterations(node))
 
 
-def processes_without_task() -> set[int]:
-    """Active processes that have no task in the broker's queue (with the daemon stopped): nobody would run them."""
-    from aiida.engine.processes.control import get_active_processes, get_process_tasks
-    from aiida.manage import get_manager
-
-    return set(get_active_processes(project="id")) - set(get_process_tasks(get_manager().get_broker()))
+def repair() -> list[int]:
+    """Run ``autopipec repair`` as a user would (the daemon running); the PKs of the processes it revived."""
+    result = CliRunner().invoke(autopipec, ["repair"])
+    assert result.exit_code == 0, result.output
+    return [int(line.split("<")[1].split(">")[0]) for line in result.output.splitlines() if "revived:" in line]
 
 
 def fit_with_scheduler(node: orm.WorkflowNode) -> bool:
@@ -114,19 +120,14 @@ def fit_with_scheduler(node: orm.WorkflowNode) -> bool:
 
 
 def test_active_learning_survives_a_daemon_restart(aiida_profile, daemon, loop_inputs, uninterrupted_run):
-    """Stop the daemon during the second fit, start it again: the run completes with the same result.
+    """Stop the daemon during the second fit for a while, start it, run ``autopipec repair``: same result.
 
     The daemon is stopped while the workchain waits on a running pacemaker job, the state a long run spends nearly
-    all its time in. Should the stop lose the broker task of a process, the test re-queues it as
-    ``verdi process repair`` does (with a warning). With RabbitMQ the restart does not work here yet (xfail).
+    all its time in, and stays stopped for MAINTENANCE_S. ZeroMQ keeps the process tasks on disk: nothing is lost and
+    ``repair`` finds nothing to do. An aiida test profile declares its RabbitMQ process queue to expire 10 s after its
+    last consumer left (kiwipy's testing mode), so there the stop loses the tasks of the workchain and its running
+    fit, as a task older than RabbitMQ's time-to-live is lost in production: ``repair`` must give them back.
     """
-    if aiida_profile.process_control_backend == "core.rabbitmq":
-        pytest.xfail(
-            "aiida-core 2.9 + RabbitMQ 3.10 here: after `daemon stop`/`start` the restarted worker never resumed the "
-            "workchain and its running children (left Waiting, e.g. 'Transport task update was cancelled', the "
-            "process queue empty although its tasks were there right after the stop); 3 of 3 runs, never with "
-            "ZeroMQ. Unresolved, see docs/clusters.md"
-        )
     node = submit(ActiveLearningWorkChain, **loop_inputs, convergence=orm.Dict(CONVERGENCE))
     await_condition(
         node,
@@ -141,14 +142,14 @@ def test_active_learning_survives_a_daemon_restart(aiida_profile, daemon, loop_i
     assert not node.is_terminated, f"the run ended before the daemon was stopped ({node.process_state})"
     assert node.process_state in (ProcessState.CREATED, ProcessState.WAITING, ProcessState.RUNNING)
     stopped_at = len(finished_trainings(node))
-    lost = processes_without_task() & {node.pk, *(child.pk for child in node.called_descendants)}
+    time.sleep(MAINTENANCE_S)
 
     daemon.start_daemon(timeout=DAEMON_CALL_TIMEOUT_S)
-    if lost:  # what `verdi process repair` does: queue the processes whose task the stop lost, once
-        from aiida.engine.processes.control import revive_processes
-
-        warnings.warn(f"the daemon stop lost the broker tasks of processes {sorted(lost)}; revived", stacklevel=1)
-        revive_processes([orm.load_node(pk) for pk in lost])
+    revived = repair()
+    if aiida_profile.process_control_backend == "core.rabbitmq":
+        assert node.pk in revived, f"the test profile's RabbitMQ queue expired, yet {node.pk} was not revived"
+    else:
+        assert revived == [], "the ZeroMQ broker keeps its tasks on disk: nothing should have been lost"
     await_terminated(node, daemon)
 
     assert node.is_finished_ok, describe(node)
@@ -161,3 +162,15 @@ def test_active_learning_survives_a_daemon_restart(aiida_profile, daemon, loop_i
     assert node.outputs.metrics["test"]["rmse_forces"] == pytest.approx(
         uninterrupted_run.outputs.metrics["test"]["rmse_forces"]
     )
+
+
+def test_repair_rejects_what_is_not_a_process_and_leaves_finished_ones_alone(daemon, loop_inputs, uninterrupted_run):
+    not_a_process = CliRunner().invoke(autopipec, ["repair", str(loop_inputs["training_set"].pk)])
+    assert not_a_process.exit_code != 0
+    assert f"Error: Invalid value: node {loop_inputs['training_set'].pk} is a TrainingSetData" in not_a_process.output
+    missing = CliRunner().invoke(autopipec, ["repair", "987654321"])
+    assert missing.exit_code != 0 and "Error: Invalid value: no process with PK or UUID '987654321'" in missing.output
+    assert "Traceback" not in not_a_process.output + missing.output
+    finished = CliRunner().invoke(autopipec, ["repair", "--dry-run", str(uninterrupted_run.pk)])
+    assert finished.exit_code == 0, finished.output
+    assert "No unfinished processes: nothing to repair." in finished.output
