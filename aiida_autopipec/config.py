@@ -18,8 +18,15 @@ ELEMENT_SYMBOLS = frozenset(chemical_symbols[1:])
 
 
 def describe_validation_error(exc: ValidationError, what: str = "") -> str:
-    """One line naming every field a pydantic model refused and why (``what``: the field path's prefix)."""
-    return "; ".join(f"{'.'.join(map(str, error['loc'])) or what or 'value'}: {error['msg']}" for error in exc.errors())
+    """One line naming every field a pydantic model refused and why; a check of the whole model (no field) is named
+    ``what`` if given, else only its message."""
+    problems = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        where = ".".join(map(str, error["loc"])) or what
+        named = not where or message.startswith(f"{where}:")  # the validator's message may name the field itself
+        problems.append(message if named else f"{where}: {message}")
+    return "; ".join(problems)
 
 
 def validate_element_symbols(symbols: list[str], what: str = "elements") -> list[str]:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from aiida_autopipec.calculations.common import serial_job_defaults
 from aiida_autopipec.calculations.gpus import add_gpu_option, gpu_scheduler_commands, validate_gpu_request
-from aiida_autopipec.config import SystemConfig
+from aiida_autopipec.config import SystemConfig, describe_validation_error
 from aiida_autopipec.data import PotentialData, TrainingSetData
 from aiida_autopipec.learning import files
 from aiida_autopipec.learning.config_gen import ConfigError, PacemakerConfigGenerator
@@ -32,10 +32,6 @@ SETTINGS_KEYS = {
     "converts with pyace, as pace_yaml2yace does)",
     "python_executable": "Python with pyace on the computer, runs the evaluation (default: next to pacemaker)",
 }
-
-
-def _format_validation_error(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'parameters'}: {e['msg']}" for e in exc.errors())
 
 
 def system_config_from_inputs(parameters: dict, training_set: TrainingSetData, test_set=None) -> SystemConfig:
@@ -63,7 +59,7 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
     try:
         config = system_config_from_inputs(parameters, training_set, test_set)
     except ValidationError as exc:
-        return f"parameters: {_format_validation_error(exc)}"
+        return f"parameters: {describe_validation_error(exc, 'parameters')}"
     settings = inputs["settings"].get_dict() if "settings" in inputs else {}
     unknown = sorted(set(settings) - set(SETTINGS_KEYS))
     if unknown:

@@ -40,7 +40,11 @@ def resolve_training_set(value: str, what: str, labelled: bool = True):
 
     path = Path(value)
     if path.is_file():
-        imported = import_training_set_with_status(path, labelled=labelled, store=False)
+        try:
+            imported = import_training_set_with_status(path, labelled=labelled, store=False)
+        except click.ClickException as exc:  # name the file and what it was given as
+            where = "" if str(path) in exc.message else f"{path}: "
+            raise click.ClickException(f"{what}: {where}{exc.message}") from exc
         if imported.reused:
             click.echo(f"{what}: {path.name} is {imported.message()}")
         else:

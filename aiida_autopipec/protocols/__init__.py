@@ -19,6 +19,7 @@ from aiida.engine import ProcessBuilder
 from plumpy.ports import PortNamespace
 from pydantic import ValidationError
 
+from aiida_autopipec.config import describe_validation_error
 from aiida_autopipec.learning.config_gen import number_of_functions_per_element
 
 __all__ = [
@@ -190,8 +191,7 @@ def _check_dict_contents(inputs: Mapping[str, Any], path: str = "") -> None:
             try:
                 schemas[key](value)
             except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                raise ProtocolError(f"{path}{key}: {problems}") from exc
+                raise ProtocolError(f"{path}{key}: {describe_validation_error(exc)}") from exc
             except ProtocolError as exc:
                 raise ProtocolError(f"{path}{key}: {exc}") from exc
         elif key not in ("metadata", "options", "calculator"):

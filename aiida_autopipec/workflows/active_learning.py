@@ -17,6 +17,7 @@ from aiida_autopipec.calculations.ase_label import check_importable_here, valida
 from aiida_autopipec.calculations.common import limit_label_length
 from aiida_autopipec.calculations.pacemaker import system_config_from_inputs
 from aiida_autopipec.calculations.pacemaker import validate_inputs as validate_fit_inputs
+from aiida_autopipec.config import describe_validation_error
 from aiida_autopipec.data import PotentialData, TrainingSetData
 from aiida_autopipec.learning.config_gen import ConfigError, PacemakerConfigGenerator
 from aiida_autopipec.learning.potential import potential_info
@@ -76,7 +77,7 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
     try:
         ConvergenceConfig(**(inputs["convergence"].get_dict() if "convergence" in inputs else {}))
     except ValidationError as exc:
-        return "convergence: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return f"convergence: {describe_validation_error(exc)}"
     if not inputs["training_set"].labelled:
         return "training_set: is unlabelled; label it first (autopipec.ase_label)"
     if "candidates" in inputs and not inputs["candidates"].base.attributes.get("num_structures", 0):

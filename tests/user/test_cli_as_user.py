@@ -9,7 +9,9 @@ works and prints what it promises.
 from __future__ import annotations
 
 import re
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -98,6 +100,27 @@ def test_quickstart_makes_the_profile_and_a_potential(user_shell, quickstart):
     assert f"PotentialData<{potential_pk}>" in user_shell.run(f"autopipec show {process_pk}").output
     status = user_shell.run("verdi daemon status", check=False)
     assert status.returncode != 0 and "not running" in status.output.lower()
+
+
+def normalised(line: str) -> str:
+    """A printed line with numbers as ``#``, the verdict as ``converged?`` and single spaces: the shape of the line,
+    not its values."""
+    line = re.sub(r"\b(not )?converged\b", "converged?", re.sub(r"\d+(\.\d+)?", "#", line))
+    return " ".join(line.split())
+
+
+def test_quickstart_prints_what_the_docs_show(quickstart):
+    """docs/quickstart.md shows the output of a default run: every line from `Labelling` on has the shape the
+    command prints (numbers and PKs differ: this run is smaller)."""
+    page = (Path(__file__).parents[2] / "docs" / "quickstart.md").read_text()
+    shown = next(block for block in page.split("```") if "Labelling" in block)
+    documented = [normalised(line) for line in shown.split("Labelling", 1)[1].splitlines()[1:] if line.strip()]
+    printed = {normalised(line) for line in quickstart.output.splitlines()}
+    if not shutil.which("dot"):  # the line without Graphviz differs, as documented
+        documented = [line for line in documented if not line.startswith("Provenance:")]
+    assert normalised("Labelling # + # Al-Cu structures with ASE's EMT calculator...") in printed
+    missing = [line for line in documented if line not in printed]
+    assert not missing, f"documented but not printed: {missing}\n{quickstart.output}"
 
 
 def test_train_in_the_foreground_without_a_daemon(user_shell, trained):
