@@ -293,4 +293,7 @@ def test_block_not_run(block):
 
 @pytest.mark.parametrize("doc", RUN_DOCS)
 def test_doc_runs(doc, doc_runner):
-    doc_runner.run(doc)
+    run = doc_runner.run(doc)
+    if doc == "docs/tutorial.md":  # what the tutorial promises of its MD: forces are the gradient of the energy
+        drift = float(re.search(rf"^NVE drift ({FLOAT}) eV/atom$", run.output, re.MULTILINE).group(1))
+        assert drift < 5e-3, f"NVE drift {drift} eV/atom: the potential's forces do not conserve its energy"
