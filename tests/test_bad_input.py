@@ -329,6 +329,7 @@ def _untrusted_pickle(ctx):
 
 STORED = "TrainingSetData: before storing"
 DATASET = "learning/dataset.py"
+READERS = "learning/readers.py"
 CONFIG = "config.py (pydantic)"
 GENERATOR = "learning/config_gen.py"
 FIT_VALIDATOR = "PacemakerCalculation input validator"
@@ -512,7 +513,7 @@ CASES: list[Case] = [
         "API",
         "`from_file` of a path that does not exist",
         ("missing.extxyz: no such file",),
-        DATASET,
+        READERS,
         lambda ctx: _from_file(ctx.tmp_path / "missing.extxyz"),
     ),
     Case(
@@ -520,7 +521,7 @@ CASES: list[Case] = [
         "API",
         "`from_file` of a text that is not extxyz",
         ("cannot be read as extxyz",),
-        DATASET,
+        READERS,
         lambda ctx: _from_file(write_text(ctx, "corrupt.extxyz", "8\nthis is not = an extxyz [header\n")),
     ),
     Case(
@@ -528,7 +529,7 @@ CASES: list[Case] = [
         "API",
         "an extxyz file cut off in the middle",
         ("cannot be read as extxyz",),
-        DATASET,
+        READERS,
         lambda ctx: _from_file(extxyz(ctx, "truncated.extxyz", keep=0.5)),
     ),
     Case(
@@ -536,7 +537,7 @@ CASES: list[Case] = [
         "API",
         "an empty extxyz file",
         ("contains no structures",),
-        DATASET,
+        READERS,
         lambda ctx: _from_file(write_text(ctx, "empty.extxyz", "")),
     ),
     Case(
@@ -544,7 +545,7 @@ CASES: list[Case] = [
         "API",
         "binary garbage named .extxyz",
         ("cannot be read as extxyz",),
-        DATASET,
+        READERS,
         lambda ctx: _from_file(write_text(ctx, "binary.extxyz", bytes(range(256)) * 4)),
     ),
     Case(
@@ -1271,6 +1272,66 @@ CASES += [
         lambda ctx: cli("data", "import", write_text(ctx, "bad.db", b"\x00garbage" * 64)),
     ),
 ]
+
+TRAIN = "`autopipec train` / `learn`"
+CASES += [
+    Case(
+        "cli-train-missing-file",
+        "CLI",
+        "`autopipec train missing.extxyz`",
+        ("missing.extxyz: no such file",),
+        TRAIN,
+        lambda ctx: train(ctx, ctx.tmp_path / "missing.extxyz"),
+    ),
+    Case(
+        "cli-train-element-missing",
+        "CLI",
+        "`-p 'elements=[Cu]'` on Al-Cu data (the file is not stored either)",
+        ("contains element(s) ['Al'] that are not in elements ['Cu']",),
+        TRAIN,
+        lambda ctx: train(ctx, extxyz(ctx), "-p", "elements=[Cu]"),
+    ),
+    Case(
+        "cli-train-unknown-element",
+        "CLI",
+        "`-p 'elements=[Al, Cu, Xx]'`",
+        ("elements: unknown element symbol(s) ['Xx']",),
+        TRAIN,
+        lambda ctx: train(ctx, extxyz(ctx), "-p", "elements=[Al, Cu, Xx]"),
+    ),
+    Case(
+        "cli-learn-calculator-typo",
+        "CLI",
+        "`autopipec learn --calculator ase.calculators.emt.EMTT` (labeller on this machine)",
+        ("'ase.calculators.emt.EMTT' cannot be imported",),
+        TRAIN,
+        lambda ctx: cli(
+            "learn",
+            extxyz(ctx),
+            "--candidates",
+            extxyz(ctx, "pool.extxyz"),
+            "--code",
+            ctx.pacemaker_code.full_label,
+            "--python-code",
+            ctx.python_code.full_label,
+            "--calculator",
+            "ase.calculators.emt.EMTT",
+        ),
+    ),
+    Case(
+        "cli-daemon-not-running",
+        "CLI",
+        "`autopipec train --daemon` with no daemon running",
+        ("without --daemon",),
+        TRAIN,
+        lambda ctx: train(ctx, extxyz(ctx), "--daemon"),
+    ),
+]
+
+
+def train(ctx, data, *options: str) -> str:
+    """``autopipec train DATA --code <the test's pacemaker> OPTIONS``."""
+    return cli("train", data, "--code", ctx.pacemaker_code.full_label, *options)
 
 
 def _from_empty():
