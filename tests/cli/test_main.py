@@ -65,3 +65,15 @@ def test_quickstart_prints_the_graph_command_only_where_graphviz_is(monkeypatch)
     assert "needs Graphviz" in without
     monkeypatch.setattr(main.shutil, "which", lambda name: "/usr/bin/dot" if name == "dot" else None)
     assert "verdi node graph generate 5" in main.provenance_hint(5)
+
+
+@pytest.mark.parametrize(("command", "presets"), [("train", "pacemaker"), ("learn", "active_learning")])
+def test_protocol_help_says_what_each_preset_means(command, presets):
+    from aiida_autopipec.protocols import available_protocols
+
+    result = CliRunner().invoke(autopipec, [command, "--help"], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    for name, description in available_protocols(presets).items():
+        assert f"{name}: {' '.join(description.split())}" in text
+    assert "autopipec fields" in text  # where the -p (and -c) fields are listed with units
