@@ -89,6 +89,21 @@ def iron_set(labelled_data: bool = True):
     return TrainingSetData.from_ase([*emt_dataset(2, seed=5), iron], labelled=labelled_data)
 
 
+def iron_only_in_held_out_part(ctx):
+    """Al-Cu structures and one Fe cell, placed where the loop's default held-out split takes it."""
+    from aiida_autopipec.data import TrainingSetData
+    from aiida_autopipec.workflows.active_learning import ConvergenceConfig
+    from aiida_autopipec.workflows.functions import held_out_indices
+
+    defaults = ConvergenceConfig()
+    held_out, _ = held_out_indices(11, defaults.test_fraction, defaults.seed)
+    iron = bulk("Fe", "bcc", a=2.87, cubic=True)
+    iron.calc = SinglePointCalculator(iron, energy=-8.0, forces=np.zeros((len(iron), 3)))
+    structures = list(ctx.structures[:10])
+    structures.insert(held_out[0], iron)
+    return TrainingSetData.from_ase(structures)
+
+
 def write_text(ctx, name: str, text: str | bytes) -> Path:
     path = ctx.tmp_path / name
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
@@ -955,6 +970,22 @@ CASES: list[Case] = [
         lambda ctx: run_pacemaker(ctx, {"elements": ["Al", "Cu", "Ni"]}, initial_potential=recorded_potential()),
     ),
     Case(
+        "fit-element-without-data",
+        "process",
+        "`elements` [Al, Cu, Ni] for Al-Cu training data",
+        ("training_set: has no atoms of ['Ni']", "parameters.elements names them"),
+        FIT_VALIDATOR,
+        lambda ctx: run_pacemaker(ctx, {"elements": ["Al", "Cu", "Ni"]}),
+    ),
+    Case(
+        "fit-test-set-widens-elements",
+        "process",
+        "a test set with Fe for Al-Cu training data",
+        ("training_set: has no atoms of ['Fe']", "the test_set names them"),
+        FIT_VALIDATOR,
+        lambda ctx: run_pacemaker(ctx, test_set=iron_set()),
+    ),
+    Case(
         "fit-label-too-long",
         "process",
         "a 300-character `metadata.label`",
@@ -995,6 +1026,14 @@ CASES: list[Case] = [
         ("metadata.label: 300 characters, at most 255",),
         "label port validator (calculations/common.py)",
         lambda ctx: run_loop(ctx, metadata={"label": "x" * 300}),
+    ),
+    Case(
+        "loop-split-loses-an-element",
+        "process",
+        "no test_set, and the only Fe cell falls into the held-out part",
+        ("leaves no atoms of ['Fe'] to train on",),
+        LOOP_VALIDATOR,
+        lambda ctx: run_loop(ctx, training_set=iron_only_in_held_out_part(ctx)),
     ),
     Case(
         "loop-max-iterations-zero",

@@ -54,7 +54,10 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
         if data is not None and not data.base.attributes.get("num_structures", 0):
             return f"{label}: the set is empty; give at least one structure"
         if data is not None and not data.labelled:
-            return f"{label}: is unlabelled (no energies or forces) and cannot be fitted; label it first (ase_label)"
+            return (
+                f"{label}: is unlabelled (no energies or forces) and cannot be fitted; label it first "
+                "(`autopipec learn` labels candidates; in Python: AseLabelCalculation)"
+            )
     parameters = inputs["parameters"].get_dict() if "parameters" in inputs else {}
     try:
         config = system_config_from_inputs(parameters, training_set, test_set)
@@ -123,7 +126,19 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
         )
     except ConfigError as exc:
         return f"parameters/settings: {exc}"
-    return None
+    return _validate_every_element_trained(training_set, config, "elements" in parameters)
+
+
+def _validate_every_element_trained(training_set, config: SystemConfig, named: bool) -> str | None:
+    """Each element of the potential needs atoms in the training set (else its functions stay unfitted)."""
+    unfitted = sorted(set(config.elements) - set(training_set.elements)) if training_set is not None else []
+    if not unfitted:
+        return None
+    return (
+        f"training_set: has no atoms of {unfitted}, which the potential would cover "
+        f"({'parameters.elements' if named else 'the test_set'} names them): it could not learn them; add training "
+        "structures with them or leave them out"
+    )
 
 
 def _validate_reference_state(inputs: dict, config: SystemConfig) -> str | None:

@@ -132,7 +132,10 @@ def import_training_set_with_status(
     try:
         training_set = TrainingSetData.from_imported(read_file(path, file_format, select, **options))
     except DatasetError as exc:
-        raise click.ClickException(str(exc)) from exc
+        hint = ""
+        if options.get("labelled", True) and str(exc).endswith(("no energy", "no forces")):
+            hint = " (structures without labels are candidates for `autopipec learn`: `data import FILE --unlabelled`)"
+        raise click.ClickException(f"{exc}{hint}") from exc
     existing = None if force_new else find_stored_training_set(training_set)
     if existing is not None:
         return ImportResult(existing, True, training_set.import_notes)

@@ -29,7 +29,9 @@ def plot(identifier: str, output: Path, max_structures: int) -> None:
 
     process, potential, fit = resolve_result(identifier)
     if fit is None:
-        raise click.ClickException(f"node {identifier} has no fit to plot (no potential, no PacemakerCalculation)")
+        raise click.ClickException(
+            f"node {identifier} has no finished fit to plot (yet): no potential among its outputs"
+        )
     written = []
     if "learning_curve" in fit.outputs:
         curve = fit.outputs.learning_curve

@@ -75,7 +75,7 @@ class ConvergenceConfig(BaseModel):
 def validate_inputs(inputs: dict, _: Any) -> str | None:
     """Reject bad convergence settings and unusable data before anything is stored."""
     try:
-        ConvergenceConfig(**(inputs["convergence"].get_dict() if "convergence" in inputs else {}))
+        convergence = ConvergenceConfig(**(inputs["convergence"].get_dict() if "convergence" in inputs else {}))
     except ValidationError as exc:
         return f"convergence: {describe_validation_error(exc)}"
     if not inputs["training_set"].labelled:
@@ -85,7 +85,7 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
     # The first fit's checks, now rather than after the workflow has started (the held-out set stands in if absent).
     fit = {key: inputs[key] for key in ("training_set", "test_set", "parameters") if key in inputs}
     fit.setdefault("test_set", inputs["training_set"])
-    problem = validate_fit_inputs(fit, None)
+    problem = validate_fit_inputs(fit, None) or check_held_out_split(inputs, convergence)
     if problem:
         return problem
     if "candidates" in inputs:
@@ -104,7 +104,6 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
         foreign = sorted(set(inputs["candidates"].elements) - set(covered))
         if foreign:
             return f"candidates: contain element(s) {foreign} that the potential will not cover ({covered})"
-        convergence = ConvergenceConfig(**(inputs["convergence"].get_dict() if "convergence" in inputs else {}))
         problem = check_active_set_size(inputs, convergence)
         if problem:
             return problem
@@ -115,6 +114,21 @@ def validate_inputs(inputs: dict, _: Any) -> str | None:
             )
             if problem:
                 return f"labeling.{problem}"
+    return None
+
+
+def check_held_out_split(inputs: dict, convergence: ConvergenceConfig) -> str | None:
+    """Without a test_set the loop holds out part of the data: the part it trains on must keep every element."""
+    if "test_set" in inputs:
+        return None
+    training = inputs["training_set"].get_arrays()
+    _, rest = held_out_indices(training.num_structures, convergence.test_fraction, convergence.seed)
+    lost = sorted(set(training.elements) - set(training.take(rest).elements))
+    if lost:
+        return (
+            f"training_set: holding out {convergence.test_fraction:g} of it (seed {convergence.seed}) leaves no atoms "
+            f"of {lost} to train on; give a test_set, more structures with them, or another convergence.seed"
+        )
     return None
 
 
