@@ -23,9 +23,10 @@ from aiida_autopipec.cli.utils import load_node_of_type
 
 #: Seconds a process loaded by a worker has to answer a status request.
 ANSWER_TIMEOUT_S = 10.0
-#: An apparently lost process is checked this many more times, this far apart: a worker may be loading it right now.
-CONFIRM_ROUNDS = 3
-CONFIRM_PAUSE_S = 2.0
+#: An apparently lost process is checked this many more times, this far apart: a worker may be loading it right now
+#: (on a busy machine a restarted worker took tens of seconds to load a work chain: 30 s in all).
+CONFIRM_ROUNDS = 6
+CONFIRM_PAUSE_S = 5.0
 
 LOADED, UNREACHABLE, SILENT = "loaded by a worker", "lost", "no answer"
 

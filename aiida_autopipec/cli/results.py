@@ -200,10 +200,12 @@ def export(identifier: str, directory: Path, no_active_set: bool) -> None:
     load_or_create_profile()
     from aiida import orm
 
-    from aiida_autopipec.data import TrainingSetData
+    from aiida_autopipec.data import PotentialData, TrainingSetData
     from aiida_autopipec.data.potential import ASI_FILENAME, LAMMPS_EXTRAPOLATION_FILENAME
 
-    node = load_node_of_type(identifier, (orm.ProcessNode, orm.Data), "node")
+    node = load_node_of_type(
+        identifier, (orm.ProcessNode, PotentialData, TrainingSetData), "process, PotentialData or TrainingSetData"
+    )
     if isinstance(node, TrainingSetData):
         export_training_set(node, directory)
         return

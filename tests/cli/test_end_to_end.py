@@ -263,7 +263,7 @@ def test_learn_wires_candidates_codes_and_labeller(pacemaker_code, data_files, m
     ("arguments", "message"),
     [
         (["show", "987654"], "no process or PotentialData with PK or UUID '987654'"),
-        (["export", "987654", "out"], "no process or PotentialData"),
+        (["export", "987654", "out"], "no process, PotentialData or TrainingSetData"),
         (["plot", "987654"], "no process or PotentialData"),
         (["train", "987654"], "no TrainingSetData (training set) with PK or UUID '987654'"),
         (["train", "x.xyz", "--protocol", "quick"], "'quick' is not one of 'fast', 'moderate', 'precise'"),
@@ -286,9 +286,18 @@ def test_bad_parameter_is_refused_before_anything_runs(pacemaker_code, data_file
     assert result.exit_code == 2 and "no code 'no-such-code@nowhere'" in result.output
 
 
-def test_export_of_a_node_without_potential(emt_structures, tmp_path):
+def test_export_of_a_training_set_and_of_a_node_without_potential(emt_structures, tmp_path):
+    from ase.io import read
+
     from aiida_autopipec.data import TrainingSetData
 
     training_set = TrainingSetData.from_ase(emt_structures[:3]).store()
     result = invoke("export", training_set.pk, tmp_path)
-    assert result.exit_code == 2 and "is a TrainingSetData, not a process or PotentialData" in result.output
+    assert result.exit_code == 0, result.output
+    written = read(tmp_path / "training_set.extxyz", ":")
+    assert [atoms.get_potential_energy() for atoms in written] == pytest.approx(
+        [atoms.get_potential_energy() for atoms in emt_structures[:3]]
+    )
+    parameters = orm.Dict({"maxiter": 5}).store()
+    result = invoke("export", parameters.pk, tmp_path / "other")
+    assert result.exit_code == 2 and "is a Dict, not a process, PotentialData or TrainingSetData" in result.output
